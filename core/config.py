@@ -1,0 +1,93 @@
+"""CompressionConfig: the one typed description of what ``compress`` should do."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from core.errors import ConfigError
+
+CONFIG_VERSION = 1
+Method = Literal["spectral", "l1", "random"]
+Device = Literal["auto", "cpu", "cuda"]
+METHODS: tuple[str, ...] = ("spectral", "l1", "random")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+WIDTH_RULES: tuple[str, ...] = ("flops_ratio", "params_ratio", "alpha", "widths")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """What to prune and how far. Exactly one width rule: ``flops_ratio``, ``params_ratio``, ``alpha``
+    or ``widths``; none given means ``flops_ratio=0.5``.
+
+    - ``method``: ``spectral`` (selection + reconstruction), ``l1`` (Li et al. 2017 filter norms, no
+      reconstruction) or ``random`` (seeded, no reconstruction); all share groups and width rules.
+    - ``flops_ratio`` / ``params_ratio``: fraction of the original FLOPs / parameters to keep, met within
+      1% by one global knob (a retained-energy level ``alpha``) found by bisection.
+    - ``alpha``: each group keeps the fewest channels whose retained ratio ``1 - L_A(J)/tr S`` >= alpha.
+    - ``widths``: explicit kept widths by group name (as in the report's ``layers[].name``); groups not
+      named keep their width.
+    - ``theta``: weight of the input-aware loss L_A against the output-aware loss L_B (0.3, the
+      reference implementation's value, pending the benchmark sweep).
+    - ``ridge``: tau = ridge * tr(S) / m, the ridge that keeps S_JJ invertible (dead ReLU units).
+    - ``calibration_samples``: at most this many calibration samples are used (seeded draw).
+    - ``device``: where statistics and selection run; ``auto`` takes CUDA when present.
+    """
+
+    method: Method = "spectral"
+    flops_ratio: float | None = None
+    params_ratio: float | None = None
+    alpha: float | None = None
+    widths: dict[str, int] | None = None
+    theta: float = 0.3
+    ridge: float = 1e-5
+    calibration_samples: int = 1024
+    device: Device = "auto"
+    seed: int = 0
+    version: int = field(default=CONFIG_VERSION, compare=False)
+
+    def __post_init__(self) -> None:
+        rules = [r for r in WIDTH_RULES if getattr(self, r) is not None]
+        if len(rules) > 1:
+            raise ConfigError(f"give exactly one width rule, got {', '.join(rules)}")
+        if not rules:
+            object.__setattr__(self, "flops_ratio", 0.5)
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        for name in ("flops_ratio", "params_ratio"):
+            value = getattr(self, name)
+            if value is not None and not (0.0 < value <= 1.0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be in (0, 1], got {value}")
+        if self.alpha is not None and not (0.0 < self.alpha <= 1.0):
+            raise ConfigError(f"alpha must be in (0, 1], got {self.alpha}")
+        if self.widths is not None:
+            bad = {k: v for k, v in self.widths.items() if not isinstance(v, int) or v < 1}
+            if bad or not self.widths:
+                raise ConfigError(f"widths must map group names to integers >= 1, got {bad or self.widths}")
+        if not (0.0 <= self.theta <= 1.0):
+            raise ConfigError(f"theta must be in [0, 1], got {self.theta}")
+        if not (0.0 < self.ridge < 1.0):
+            raise ConfigError(f"ridge must be in (0, 1), got {self.ridge}")
+        if self.calibration_samples < 1:
+            raise ConfigError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
+
+    @property
+    def width_rule(self) -> str:
+        """The name of the one width rule in force."""
+        return next(r for r in WIDTH_RULES if getattr(self, r) is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form, with the schema ``version``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CompressionConfig:
+        """Inverse of ``to_dict``; unknown keys are refused."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**data)
