@@ -1,29 +1,400 @@
-"""The one verb: ``compress(program, calibration, config) -> CompressionResult``."""
+"""The one verb: ``compress(program, calibration, config) -> CompressionResult``.
+
+Stages: analyse the graph, gather second moments on the calibration data, pick widths, select
+channels from the output side inward, rewrite the weights, re-export, and measure both models.
+"""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from torch import fx
 
+from core import calibration as cal
+from core import metrics, rewrite, spectrum, widths
 from core.config import CompressionConfig
+from core.cost import CostModel, Widths
+from core.covariance import Moments, Observation, collect_moments
+from core.errors import ConfigError, UnsupportedModelError
+from core.graph import ChannelGroup, GraphAnalysis, analyse
+from core.reconstruct import Kept, Refits, assign, pruned_tensors
+from core.selection import consumer_gram, greedy_select, losses, refit_map
 
 Progress = Callable[[str, float], None]
+DOF_LAMBDA = 1e-3  # N(lambda) is reported at lambda = 1e-3 tr S: directions above 0.1% of the energy
+ACTIVATION_BUDGET = {"cpu": 1 << 30, "cuda": 4 << 30}  # bytes of activations per calibration batch
 
 
 @dataclass
 class CompressionResult:
+    """``program``: the narrower ExportedProgram; ``report``: the JSON-serialisable report."""
+
     program: torch.export.ExportedProgram
     report: dict[str, Any]
 
 
+@dataclass
+class _GroupStats:
+    """A prunable group's combined second moment and the per-observation ones used to re-fit."""
+
+    second_moment: torch.Tensor  # (m, m)
+    by_observation: dict[tuple[str, int], torch.Tensor]  # (observed node, space) -> S there
+    tau: float
+
+
+class _Clock:
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self._stage, self._start = "", time.perf_counter()
+
+    def stage(self, name: str) -> None:
+        now = time.perf_counter()
+        if self._stage:
+            self.timings[self._stage] = round(self.timings.get(self._stage, 0.0) + now - self._start, 4)
+        self._stage, self._start = name, now
+        self.report(0.0)
+
+    def report(self, fraction: float) -> None:
+        if self.progress is not None and self._stage:
+            self.progress(self._stage, float(min(max(fraction, 0.0), 1.0)))
+
+
+def _device(config: CompressionConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for, but no CUDA device is available")
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _batch_size(analysis: GraphAnalysis, probe_batch: int, device: torch.device, specs: list) -> int:
+    """As many samples as fit the activation budget (every node's output for one sample, float32)."""
+    per_sample = sum(math.prod(s) for s in analysis.shapes.values()) * 4 / probe_batch
+    fits = int(ACTIVATION_BUDGET[device.type] // max(per_sample, 1))
+    return cal.batch_size(specs, max(1, min(256, fits)))
+
+
+def _observations(analysis: GraphAnalysis, groups: list[ChannelGroup]) -> list[Observation]:
+    spaces: dict[str, set[int]] = {}
+    layouts = {}
+    for g in groups:
+        for c in g.consumers:
+            rank = len(analysis.shapes[c.observed])
+            layouts[c.observed] = c.layout.moved(1 if c.kind == "conv" else rank - 1)
+            spaces.setdefault(c.observed, set()).update(set(g.spaces) & c.layout.spaces)
+    return [Observation(node, layouts[node], frozenset(s)) for node, s in spaces.items()]
+
+
+def _group_stats(g: ChannelGroup, moments: dict[tuple[str, int], Moments], ridge: float) -> _GroupStats:
+    mine = {key: m.second_moment for key, m in moments.items() if key[1] in g.spaces}
+    s = sum(mine.values())
+    assert isinstance(s, torch.Tensor), f"no statistics reached group {g.name}"
+    return _GroupStats(s, mine, ridge * float(torch.trace(s)) / g.size)
+
+
+def _consumer_weights(
+    gm: fx.GraphModule, g: ChannelGroup, analysis: GraphAnalysis, kept: Kept
+) -> list[torch.Tensor]:
+    """Each consumer's weight columns for ``g`` as (out, m, positions), rows cut to what it keeps."""
+    params = dict(gm.named_parameters())
+    out = []
+    for c in g.consumers:
+        w = params[c.weight].detach().double()
+        own = next(s for s, p in analysis.producers.items() if p.node == c.node)
+        if own in kept:
+            w = w.index_select(0, kept[own].to(w.device))
+        for seg, offset in c.layout.offsets():
+            if seg.space in g.spaces:
+                out.append(w.narrow(1, offset, seg.columns).reshape(w.shape[0], seg.length, -1))
+    return out
+
+
+def _space_widths(groups: list[ChannelGroup], chosen: dict[str, int]) -> Widths:
+    return {s: chosen[g.name] for g in groups if g.name in chosen for s in g.spaces}
+
+
+def _allocate(
+    config: CompressionConfig,
+    groups: list[ChannelGroup],
+    skipped: dict[str, str],
+    retained: dict[str, np.ndarray],
+    cost: CostModel,
+) -> dict[str, int]:
+    """Widths per prunable group, by the config's width rule."""
+    if config.widths is not None:
+        return widths.explicit(groups, skipped, config.widths)
+    if config.alpha is not None:
+        return widths.for_alpha(groups, retained, config.alpha)
+    by_flops = config.flops_ratio is not None
+    total = cost.total_flops if by_flops else cost.total_params
+    measure = cost.flops if by_flops else cost.params
+
+    def ratio(chosen: dict[str, int]) -> float:
+        return measure(_space_widths(groups, chosen)) / total
+
+    if config.method == "spectral":
+
+        def knob(t: float) -> dict[str, int]:
+            return widths.for_alpha(groups, retained, t)
+
+        def priority(name: str, k: int, added: float) -> float:
+            return float(retained[name][k + 1] - retained[name][k]) / max(added, 1e-12)
+
+    else:
+        sizes = {g.name: g.size for g in groups}
+
+        def knob(t: float) -> dict[str, int]:
+            return widths.for_fraction(groups, t)
+
+        def priority(name: str, k: int, added: float) -> float:
+            return 1.0 - k / sizes[name]
+
+    floor = _space_widths(groups, {g.name: 1 for g in groups})
+    limiting = [c.weight.removesuffix(".weight") for c in sorted(
+        cost.compute, key=lambda c: -(c.flops if by_flops else 0.0)
+    ) if not (c.inputs and c.inputs.spaces & set(floor)) and not (c.outputs and c.outputs.spaces & set(floor))]
+    target = config.flops_ratio if by_flops else config.params_ratio
+    assert target is not None
+    what = "FLOPs" if by_flops else "parameters"
+    return widths.meet_target(groups, knob, ratio, target, priority, what, limiting + list(skipped))
+
+
+def _select(
+    config: CompressionConfig,
+    gm: fx.GraphModule,
+    analysis: GraphAnalysis,
+    groups: list[ChannelGroup],
+    stats: dict[str, _GroupStats],
+    chosen: dict[str, int],
+    clock: _Clock,
+) -> Kept:
+    """Kept channel indices per space, layers processed from the output side inward."""
+    kept: Kept = {}
+    ordered = sorted(groups, key=lambda g: -g.position)
+    for i, g in enumerate(ordered):
+        k = chosen[g.name]
+        clock.report(i / max(len(ordered), 1))
+        if k >= g.size:
+            continue
+        if config.method == "spectral":
+            st = stats[g.name]
+            gram = consumer_gram(_consumer_weights(gm, g, analysis, kept))
+            order = greedy_select(st.second_moment, gram, config.theta, st.tau, steps=k).order
+        elif config.method == "l1":
+            params = dict(gm.named_parameters())
+            score = sum(params[analysis.producers[s].weight].detach().abs().flatten(1).sum(1) for s in g.spaces)
+            order = torch.argsort(torch.as_tensor(score), descending=True, stable=True)
+        else:
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
+            order = torch.randperm(g.size, generator=gen)
+        chosen_idx = order[:k].sort().values.cpu()
+        for s in g.spaces:
+            kept[s] = chosen_idx
+    return kept
+
+
+def _refits(groups: list[ChannelGroup], stats: dict[str, _GroupStats], kept: Kept, ridge: float) -> Refits:
+    """``A_J`` for every consumer of every pruned group, from the statistics at its own input."""
+    out: Refits = {}
+    for g in groups:
+        for c in g.consumers:
+            for s in set(g.spaces) & c.layout.spaces:
+                if s not in kept:
+                    continue
+                s_obs = stats[g.name].by_observation[(c.observed, s)]
+                tau = ridge * float(torch.trace(s_obs)) / g.size
+                out[(c.weight, s)] = refit_map(s_obs, kept[s].to(s_obs.device), tau).cpu()
+    return out
+
+
+def _layer_entry(
+    g: ChannelGroup, st: _GroupStats | None, gram: torch.Tensor | None, kept: torch.Tensor | None, width: int
+) -> dict[str, Any]:
+    indices = kept if kept is not None else torch.arange(g.size)
+    entry: dict[str, Any] = {"name": g.name, "width_before": g.size, "width_after": width, "kept": indices.tolist()}
+    if st is None:
+        return entry | dict.fromkeys(
+            ("eigenvalues", "dof", "theory_width", "retained", "loss_input", "loss_output", "bias_lambda")
+        )
+    mu = spectrum.eigenvalues(st.second_moment).cpu()
+    trace = float(mu.sum())
+    dof = spectrum.degrees_of_freedom(mu, DOF_LAMBDA * trace)
+    loss_a, loss_b = losses(st.second_moment, gram, indices.to(st.second_moment.device), st.tau)
+    return entry | {
+        "eigenvalues": mu.tolist(),
+        "dof": dof,
+        "theory_width": spectrum.theory_width(dof),
+        "retained": 1.0 - loss_a / trace if trace > 0 else 1.0,
+        "loss_input": loss_a,
+        "loss_output": loss_b,
+        "bias_lambda": spectrum.bias_lambda(mu, width),
+    }
+
+
+def _estimation_term(cost: CostModel, space_widths: Widths, n: int) -> float:
+    """The theory's estimation term ``sum_l m_l m_(l+1) log(n) / n`` over the layers' widths."""
+    total = 0.0
+    for c in cost.compute:
+        m_in = c.inputs.columns_for(space_widths) if c.inputs else 1
+        m_out = c.outputs.columns_for(space_widths) if c.outputs else 1
+        total += m_in * m_out
+    return total * math.log(max(n, 2)) / max(n, 1)
+
+
 def compress(
     program: torch.export.ExportedProgram,
-    calibration: torch.Tensor | Iterable[torch.Tensor],
+    calibration: torch.Tensor | Iterable[Any],
     config: CompressionConfig | None = None,
     labels: torch.Tensor | None = None,
     progress: Progress | None = None,
+    *,
+    evaluation: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    measure_latency: bool = True,
 ) -> CompressionResult:
-    raise NotImplementedError("engine being written")
+    """Prune ``program`` by spectral analysis of its activations on ``calibration``.
+
+    ``calibration`` is a tensor (N, ...) or an iterable of batches (tensors, or tuples of tensors for
+    several model inputs). ``labels`` (N,) label the calibration data; accuracy is measured on
+    ``evaluation`` = (inputs, labels or None) when given, else on the calibration data.
+    ``progress(stage, fraction)`` is called as work advances; raising from it stops the run.
+    """
+    config = config or CompressionConfig()
+    if not isinstance(program, torch.export.ExportedProgram):
+        raise UnsupportedModelError(f"compress takes a torch.export.ExportedProgram, got {type(program).__name__}")
+    clock = _Clock(progress)
+    clock.stage("analyse")
+    specs = rewrite.input_specs(program)
+    data = cal.gather(calibration, limit=config.calibration_samples)
+    data.labels = labels
+    cal.check(data, specs)
+    data = cal.subsample(cal.conform(data, specs), config.calibration_samples, config.seed)
+    device = _device(config)
+    gm = program.module()
+    probe = tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
+    probe = probe if cal.batch_size(specs, 2) == 2 else data.batches(cal.batch_size(specs, 2))[0]
+    try:
+        analysis = analyse(gm, probe)
+    except Exception as exc:
+        raise UnsupportedModelError(f"the model does not run on the calibration data: {exc}") from exc
+    eval_data = _evaluation_samples(evaluation, data, specs)
+    if eval_data.labels is not None:
+        metrics.check_labels(gm, eval_data.batches(2)[0], eval_data.labels)
+    one = _single(data, specs)
+    flops_before = metrics.count_flops(gm, one) / one[0].shape[0]
+    cost = CostModel(analysis, gm, flops_before)
+    batch = _batch_size(analysis, probe[0].shape[0], device, specs)
+    prunable = analysis.prunable
+    skipped = {g.name: g.skipped for g in analysis.groups if g.skipped}
+
+    clock.stage("statistics")
+    batches = data.batches(batch)
+    if cal.batch_size(specs, 0):  # a static batch dim: only full batches run
+        batches = [b for b in batches if b[0].shape[0] == batch] or batches
+    moments = collect_moments(
+        gm, _observations(analysis, prunable), batches, device, lambda i: clock.report((i + 1) / len(batches))
+    )
+    stats = {g.name: _group_stats(g, moments, config.ridge) for g in prunable}
+
+    clock.stage("selection")
+    grams = {g.name: consumer_gram(_consumer_weights(gm, g, analysis, {})).to(stats[g.name].second_moment.device)
+             for g in prunable}
+    retained = {}
+    for i, g in enumerate(prunable):
+        sel = greedy_select(stats[g.name].second_moment, grams[g.name], config.theta, stats[g.name].tau)
+        retained[g.name] = np.array([sel.retained(k) for k in range(g.size + 1)])
+        clock.report(0.5 * (i + 1) / max(len(prunable), 1))
+    chosen = _allocate(config, prunable, skipped, retained, cost)
+    kept = _select(config, gm, analysis, prunable, stats, chosen, clock)
+
+    clock.stage("reconstruction")
+    refits = _refits(prunable, stats, kept, config.ridge) if config.method == "spectral" else {}
+    space_widths = _space_widths(prunable, chosen)
+    layers = [
+        _layer_entry(g, stats[g.name], grams[g.name], kept.get(g.spaces[0]), chosen[g.name]) for g in prunable
+    ]
+    new_tensors = pruned_tensors(gm, analysis, kept, refits)
+    original_module = program.module()
+    assign(gm, new_tensors)
+    rewrite.patch_shapes(gm, analysis, space_widths)
+
+    clock.stage("export")
+    example = data.batches(max(2, cal.batch_size(specs, 2)))[0]
+    new_program = rewrite.reexport(gm, program, example)
+
+    clock.stage("evaluate")
+    report = _measure(program, new_program, original_module, eval_data, one, batch, measure_latency)
+    clock.stage("")
+    report |= {
+        "layers": layers,
+        "skipped": [{"name": g.name, "width": g.size, "reason": g.skipped} for g in analysis.groups if g.skipped],
+        "config": config.to_dict(),
+        "calibration": {"samples": len(data), "batch_size": batch, "device": str(device)},
+        "evaluation": {"samples": len(eval_data), "source": "evaluation" if evaluation else "calibration"},
+        "timings": clock.timings,
+        "theory": {
+            "samples": len(data),
+            "dof_lambda": DOF_LAMBDA,
+            "estimation_term": {
+                "before": _estimation_term(cost, {}, len(data)),
+                "after": _estimation_term(cost, space_widths, len(data)),
+            },
+            "bias_lambda": {entry["name"]: entry["bias_lambda"] for entry in layers},
+        },
+    }
+    return CompressionResult(new_program, report)
+
+
+def _evaluation_samples(
+    evaluation: tuple[torch.Tensor, torch.Tensor | None] | None, data: cal.Samples, specs: list
+) -> cal.Samples:
+    if evaluation is None:
+        return data
+    x, y = evaluation
+    samples = cal.Samples((x,), y)
+    cal.check(samples, specs, what="evaluation")
+    return cal.conform(samples, specs)
+
+
+def _single(data: cal.Samples, specs: list) -> cal.Batch:
+    """The smallest batch the program accepts (one sample unless its batch dim is static)."""
+    return data.batches(cal.batch_size(specs, 1))[0]
+
+
+def _measure(
+    program: torch.export.ExportedProgram,
+    new_program: torch.export.ExportedProgram,
+    original: fx.GraphModule,
+    eval_data: cal.Samples,
+    one: cal.Batch,
+    batch: int,
+    measure_latency: bool,
+) -> dict[str, Any]:
+    compressed = new_program.module()
+    before, after = metrics.compare(original, compressed, eval_data, batch, torch.device("cpu"))
+    out: dict[str, Any] = {}
+    for key, prog, module, acc in (
+        ("original", program, original, before),
+        ("compressed", new_program, compressed, after),
+    ):
+        latency = None
+        if measure_latency:
+            big = eval_data.batches(min(32, len(eval_data)))[0] if one[0].shape[0] == 1 else one
+            latency = {
+                f"batch_{one[0].shape[0]}": metrics.latency_ms(module, one, repeats=20),
+                f"batch_{big[0].shape[0]}": metrics.latency_ms(module, big, repeats=5),
+                "device": "cpu",
+            }
+        out[key] = {
+            "params": metrics.count_params(prog),
+            "flops": metrics.count_flops(module, one) / one[0].shape[0],
+            **acc,
+            "latency_ms": latency,
+        }
+    return out

@@ -1,0 +1,615 @@
+"""Graph analysis: which channels of an exported (ATen) graph can be removed together, and what else
+must change with them.
+
+Every conv or linear layer whose weight is a parameter opens a *space* (its output channels). The
+tracer walks the graph in order and follows each space through the ops in ``core.ops``: channel-wise
+ops pass it on, parameterised ones (BatchNorm, depthwise conv, layer scales) are sliced with it,
+concats lay spaces side by side, flattens give each channel a block of columns, additive joins couple
+spaces (residual streams), and conv/linear layers consume it (their input weights are re-fitted). A
+space that reaches any op the tracer cannot prove safe is *poisoned*: left unpruned, with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx
+
+from core import ops
+from core.layout import FIXED, Layout, Segment
+
+
+@dataclass(frozen=True)
+class ParamAxis:
+    """Axis ``axis`` of parameter/buffer ``target`` carries the channels of ``layout``.
+
+    ``refit`` marks a consumer's input axis, re-fitted (``W' = W A_J``) rather than sliced.
+    """
+
+    target: str
+    axis: int
+    layout: Layout
+    refit: bool = False
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A conv/linear layer reading the channels of ``layout`` on its weight's input axis (1).
+
+    ``observed`` is the node whose output is the layer's input: the statistics are gathered there.
+    """
+
+    node: str
+    weight: str
+    layout: Layout
+    observed: str
+    kind: str  # "conv" | "linear"
+
+
+@dataclass(frozen=True)
+class ComputeNode:
+    """A conv/linear layer with its per-sample FLOPs; its cost scales with its input and output widths."""
+
+    node: str
+    weight: str
+    flops: float
+    inputs: Layout | None  # layout of the weight's input axis (None: fixed)
+    outputs: Layout | None  # layout of the weight's output axis (None: fixed)
+
+
+@dataclass(frozen=True)
+class ShapePatch:
+    """A literal size that must follow the widths of ``layout``: ``args[arg][item]`` of ``node``
+    (``item`` None for a scalar argument), e.g. a view's size or a depthwise conv's group count."""
+
+    node: str
+    arg: int
+    item: int | None
+    layout: Layout
+
+
+@dataclass
+class Producer:
+    node: str
+    weight: str
+    size: int
+    position: int  # topological index, to process from the output side inward
+
+    @property
+    def name(self) -> str:
+        return self.weight.removesuffix(".weight")
+
+
+@dataclass
+class ChannelGroup:
+    """Spaces that must keep the same channel indices (one, or several coupled by additive joins)."""
+
+    name: str
+    spaces: list[int]
+    size: int
+    position: int
+    consumers: list[Consumer]
+    skipped: str | None = None
+    coupling: str | None = None
+
+
+@dataclass
+class GraphAnalysis:
+    producers: dict[int, Producer]
+    param_axes: list[ParamAxis]
+    consumers: list[Consumer]
+    compute: list[ComputeNode]
+    patches: list[ShapePatch]
+    groups: list[ChannelGroup]
+    shapes: dict[str, tuple[int, ...]]
+    space_group: dict[int, int] = field(default_factory=dict)  # space -> index into groups
+
+    def group(self, name: str) -> ChannelGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    @property
+    def prunable(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.skipped is None]
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _tensor_nodes(value: Any) -> Iterator[fx.Node]:
+    """Every fx node inside an argument structure."""
+    if isinstance(value, fx.Node):
+        yield value
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _tensor_nodes(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensor_nodes(v)
+
+
+def _regroup(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], list[int]]]:
+    """Pair runs of dims of ``src`` and ``dst`` with equal products (how a reshape moves data)."""
+    groups: list[tuple[list[int], list[int]]] = []
+    i = j = 0
+    while i < len(src) and j < len(dst):
+        gi, gj, pi, pj = [i], [j], src[i], dst[j]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj and i < len(src):
+                gi.append(i)
+                pi *= src[i]
+                i += 1
+            elif pj < pi and j < len(dst):
+                gj.append(j)
+                pj *= dst[j]
+                j += 1
+            else:
+                return []
+        groups.append((gi, gj))
+    if groups:  # trailing size-1 dims join the last group
+        groups[-1][0].extend(range(i, len(src)))
+        groups[-1][1].extend(range(j, len(dst)))
+    elif src or dst:
+        return []
+    return groups
+
+
+class _Tracer:
+    """Walks the graph once, propagating layouts; see the module docstring."""
+
+    def __init__(self, gm: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.gm = gm
+        self.shapes = shapes
+        self.layouts: dict[fx.Node, Any] = {}
+        self.uf = _UnionFind()
+        self.poison: dict[int, str] = {}
+        self.additive: set[int] = set()
+        self.producers: dict[int, Producer] = {}
+        self.param_axes: dict[tuple[str, int], ParamAxis] = {}
+        self.consumers: list[Consumer] = []
+        self.compute: list[ComputeNode] = []
+        self.patches: list[ShapePatch] = []
+        self.weight_uses = self._count_weight_uses()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _count_weight_uses(self) -> dict[str, int]:
+        uses: dict[str, int] = {}
+        for node in self.gm.graph.nodes:
+            if node.op == "get_attr":
+                uses[node.target] = uses.get(node.target, 0) + len(node.users)
+        return uses
+
+    def _poison(self, layout: Any, reason: str) -> None:
+        if isinstance(layout, Layout):
+            for s in layout.spaces:
+                self.poison.setdefault(s, reason)
+        elif isinstance(layout, dict):
+            for v in layout.values():
+                self._poison(v, reason)
+
+    def _layout(self, value: Any) -> Layout | None:
+        out = self.layouts.get(value) if isinstance(value, fx.Node) else None
+        return out if isinstance(out, Layout) else None
+
+    def _shape(self, node: fx.Node) -> tuple[int, ...]:
+        return self.shapes.get(node.name, ())
+
+    def _param(self, node: Any) -> str | None:
+        """The FQN when ``node`` reads a parameter/buffer (a get_attr), else None."""
+        if isinstance(node, fx.Node) and node.op == "get_attr":
+            return str(node.target)
+        return None
+
+    def _slice_param(self, node: Any, axis: int, layout: Layout, refit: bool = False) -> None:
+        target = self._param(node)
+        if target is None:
+            return
+        key = (target, axis)
+        entry = ParamAxis(target, axis, layout.moved(axis), refit)
+        old = self.param_axes.get(key)
+        if old is not None and old != entry:
+            self._poison(layout, f"parameter {target} is shared by differently laid-out channels")
+            self._poison(old.layout, f"parameter {target} is shared by differently laid-out channels")
+            return
+        self.param_axes[key] = entry
+
+    def _new_space(self, node: fx.Node, weight: str, size: int, position: int) -> Layout:
+        space = len(self.producers)
+        self.producers[space] = Producer(node.name, weight, size, position)
+        self.uf.find(space)
+        return Layout(axis=-1, segments=(Segment(space, size),))
+
+    def _stop(self, node: fx.Node, why: str) -> None:
+        for arg in _tensor_nodes((node.args, node.kwargs)):
+            self._poison(self.layouts.get(arg), why)
+        self.layouts[node] = None
+
+    # -- the walk ------------------------------------------------------------------------------
+    def run(self) -> None:
+        for position, node in enumerate(self.gm.graph.nodes):
+            if node.op in ("placeholder", "get_attr"):
+                self.layouts[node] = None
+            elif node.op == "output":
+                self._stop(node, "its channels are part of the model's output")
+            elif node.op == "call_module":
+                # the unlifted module's input guard only reads shapes
+                self.layouts[node] = None
+            elif node.op == "call_function":
+                self._visit(node, position)
+            else:
+                self._stop(node, f"it flows into an unsupported node ({node.op})")
+
+    def _visit(self, node: fx.Node, position: int) -> None:
+        t = node.target
+        if t in ops.CONV:
+            self._conv(node, position)
+        elif t in ops.LINEAR:
+            self._linear(node, position)
+        elif t in ops.BATCH_NORM:
+            self._batch_norm(node)
+        elif t in ops.ELEMENTWISE:
+            self._elementwise(node)
+        elif t in ops.SPATIAL or t in ops.SPATIAL_TUPLE:
+            self._spatial(node)
+        elif t in ops.PAD:
+            self._pad(node)
+        elif t in ops.BINARY:
+            self._binary(node)
+        elif t in ops.CAT:
+            self._cat(node)
+        elif t in ops.RESHAPE or t in ops.FLATTEN or t in ops.SQUEEZE or t in ops.UNSQUEEZE:
+            self._reshape(node)
+        elif t in ops.PERMUTE or t in ops.TRANSPOSE:
+            self._permute(node)
+        elif t in ops.REDUCE:
+            self._reduce(node)
+        elif t in ops.SOFTMAX:
+            self._softmax(node)
+        elif t in ops.LAYER_NORM:
+            self._layer_norm(node)
+        elif t in ops.SHAPE_ONLY:
+            self.layouts[node] = None
+        elif t is ops.GETITEM:
+            src = self.layouts.get(node.args[0])  # type: ignore[arg-type]
+            self.layouts[node] = src.get(node.args[1]) if isinstance(src, dict) else None
+        else:
+            self._stop(node, f"it flows into {getattr(t, '__name__', t)}, which the analysis cannot prove safe")
+
+    def _conv(self, node: fx.Node, position: int) -> None:
+        args = node.args
+        x, w, b = args[0], args[1], args[2] if len(args) > 2 else node.kwargs.get("bias")
+        if node.target is ops.aten.convolution.default:
+            transposed, groups = bool(args[6]), int(args[8])  # type: ignore[arg-type]
+        else:
+            transposed, groups = False, int(args[6]) if len(args) > 6 else int(node.kwargs.get("groups", 1))  # type: ignore[arg-type]
+        weight = self._param(w)
+        li = self._layout(x)
+        if weight is None or transposed or self.weight_uses.get(weight, 0) > 1:
+            why = "transposed convolution" if transposed else "its weight is not a parameter of its own"
+            return self._stop(node, why)
+        wshape = self._shape(w)  # type: ignore[arg-type]
+        out_ch, in_per_group = wshape[0], wshape[1]
+        flops = 2.0 * math.prod(wshape) * math.prod(self._shape(node)[2:])
+        depthwise = groups > 1 and in_per_group == 1 and out_ch == groups
+        if depthwise and li is not None:
+            if li.axis != 1 or li.blocked:
+                return self._stop(node, "depthwise convolution over a non-channel axis")
+            self._slice_param(w, 0, li)
+            self._slice_param(b, 0, li)
+            group_arg = 8 if node.target is ops.aten.convolution.default else 6
+            self.patches.append(ShapePatch(node.name, group_arg, None, li))
+            self.layouts[node] = li
+            self.compute.append(ComputeNode(node.name, weight, flops, None, li.moved(0)))
+            return None
+        if groups > 1 and not depthwise:
+            self._poison(li, f"grouped convolution (groups={groups}) couples channels group by group")
+            self.layouts[node] = None
+            self.compute.append(ComputeNode(node.name, weight, flops, None, None))
+            return None
+        inputs = None
+        if li is not None:
+            if li.axis != 1 or li.blocked:
+                self._poison(li, "convolution over a non-channel axis")
+            else:
+                inputs = li.moved(1)
+                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "conv"))  # type: ignore[union-attr]
+                self._slice_param(w, 1, inputs, refit=True)
+        out = self._new_space(node, weight, out_ch, position).moved(1)
+        self._slice_param(w, 0, out)
+        self._slice_param(b, 0, out)
+        self.compute.append(ComputeNode(node.name, weight, flops, inputs, out.moved(0)))
+        self.layouts[node] = out
+        return None
+
+    def _linear(self, node: fx.Node, position: int) -> None:
+        x, w = node.args[0], node.args[1]
+        b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        weight = self._param(w)
+        if weight is None or self.weight_uses.get(weight, 0) > 1:
+            return self._stop(node, "its weight is not a parameter of its own")
+        li = self._layout(x)
+        xshape = self._shape(x)  # type: ignore[arg-type]
+        wshape = self._shape(w)  # type: ignore[arg-type]
+        rows = math.prod(xshape[1:-1]) if len(xshape) > 1 else 1
+        flops = 2.0 * math.prod(wshape) * rows
+        inputs = None
+        if li is not None:
+            if li.axis != len(xshape) - 1:
+                self._poison(li, "linear layer over a non-channel axis")
+            else:
+                inputs = li.moved(1)
+                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "linear"))  # type: ignore[union-attr]
+                self._slice_param(w, 1, inputs, refit=True)
+        out = self._new_space(node, weight, wshape[0], position).moved(len(self._shape(node)) - 1)
+        self._slice_param(w, 0, out)
+        self._slice_param(b, 0, out)
+        self.compute.append(ComputeNode(node.name, weight, flops, inputs, out.moved(0)))
+        self.layouts[node] = out
+        return None
+
+    def _batch_norm(self, node: fx.Node) -> None:
+        li = self._layout(node.args[0])
+        training = node.target is ops.aten.batch_norm.default and bool(node.args[5])
+        if li is None:
+            self.layouts[node] = None
+        elif training or li.axis != 1:
+            return self._stop(node, "batch norm in training mode" if training else "batch norm off axis 1")
+        else:
+            for p in node.args[1:5]:
+                self._slice_param(p, 0, li)
+            self.layouts[node] = li
+        if node.target is not ops.aten.batch_norm.default:  # returns (out, mean, invstd)
+            self.layouts[node] = {0: self.layouts[node]}
+        return None
+
+    def _elementwise(self, node: fx.Node) -> None:
+        li = self._layout(node.args[0])
+        if node.target is ops.aten.native_dropout.default:
+            self.layouts[node] = {0: li}
+        else:
+            self.layouts[node] = li
+
+    def _spatial(self, node: fx.Node) -> None:
+        li = self._layout(node.args[0])
+        if li is not None and (li.axis != 1 or li.blocked):
+            return self._stop(node, "pooling or resizing over the channel axis")
+        self.layouts[node] = {0: li} if node.target in ops.SPATIAL_TUPLE else li
+        return None
+
+    def _pad(self, node: fx.Node) -> None:
+        li = self._layout(node.args[0])
+        rank = len(self._shape(node))
+        padded = len(node.args[1]) // 2  # type: ignore[arg-type]
+        if li is not None and li.axis >= rank - padded:
+            return self._stop(node, "padding along the channel axis")
+        self.layouts[node] = li
+        return None
+
+    def _binary(self, node: fx.Node) -> None:
+        a, b = node.args[0], node.args[1]
+        la, lb = self._layout(a), self._layout(b)
+        out_rank = len(self._shape(node))
+        if la is None and lb is None:
+            self.layouts[node] = None
+            return
+        if la is None:  # keep the tracked operand first
+            a, b, la, lb = b, a, lb, la
+        assert la is not None
+        axis = la.axis + out_rank - len(self._shape(a))  # type: ignore[arg-type]
+        la = la.moved(axis)
+        if self._shape(node)[axis] != la.columns:
+            return self._stop(node, "broadcast across the channel axis")
+        if lb is None:
+            return self._binary_with_constant(node, la, b, axis, out_rank)
+        lb = lb.moved(lb.axis + out_rank - len(self._shape(b)))  # type: ignore[arg-type]
+        if lb.axis != la.axis or [(s.length, s.block) for s in la.segments] != [
+            (s.length, s.block) for s in lb.segments
+        ]:
+            return self._stop(node, "two differently laid-out channel sets meet")
+        for sa, sb in zip(la.segments, lb.segments, strict=True):
+            if (sa.space == FIXED) != (sb.space == FIXED):
+                return self._stop(node, "added to channels that cannot be pruned (e.g. the model input)")
+            if sa.space != FIXED:
+                self.uf.union(sa.space, sb.space)
+                if node.target in ops.ADDITIVE and sa.space != sb.space:
+                    self.additive.update((sa.space, sb.space))
+        self.layouts[node] = la
+        return None
+
+    def _binary_with_constant(self, node: fx.Node, la: Layout, b: Any, axis: int, out_rank: int) -> None:
+        if not isinstance(b, fx.Node):  # a Python scalar
+            self.layouts[node] = la
+            return None
+        bshape = self._shape(b)
+        baxis = axis - (out_rank - len(bshape))
+        if baxis < 0 or bshape[baxis] == 1:  # broadcast along channels: same op for each channel
+            self.layouts[node] = la
+            return None
+        if self._param(b) is not None and not la.blocked and math.prod(bshape) == bshape[baxis]:
+            self._slice_param(b, baxis, la)  # a per-channel scale or shift (layer scale, bias)
+            self.layouts[node] = la
+            return None
+        return self._stop(node, "combined with a tensor that is not channel-aligned")
+
+    def _cat(self, node: fx.Node) -> None:
+        inputs = list(node.args[0])  # type: ignore[arg-type]
+        rank = len(self._shape(node))
+        dim = int(node.args[1]) if len(node.args) > 1 else 0  # type: ignore[arg-type]
+        dim %= rank
+        layouts = [self._layout(x) for x in inputs]
+        tracked = [lay for lay in layouts if lay is not None]
+        if not tracked:
+            self.layouts[node] = None
+            return None
+        if all(lay.axis == dim for lay in tracked):
+            segments: list[Segment] = []
+            for x, lay in zip(inputs, layouts, strict=True):
+                if lay is None:
+                    segments.append(Segment(FIXED, self._shape(x)[dim]))
+                else:
+                    segments.extend(lay.segments)
+            self.layouts[node] = Layout(dim, tuple(segments))
+            return None
+        if all(lay == tracked[0] for lay in layouts):
+            self.layouts[node] = tracked[0]
+            return None
+        return self._stop(node, "concatenated with other tensors along a non-channel axis")
+
+    def _reshape(self, node: fx.Node) -> None:
+        x = node.args[0]
+        li = self._layout(x)
+        if li is None:
+            self.layouts[node] = None
+            return None
+        src, dst = self._shape(x), self._shape(node)  # type: ignore[arg-type]
+        for gi, gj in _regroup(src, dst):
+            if li.axis not in gi:
+                continue
+            before = [d for d in gi if d < li.axis]
+            if any(src[d] != 1 for d in before):
+                break
+            kept = [d for d in gj if dst[d] != 1]
+            if len(kept) > 1:
+                break
+            out_axis = kept[0] if kept else next(d for d in gj if dst[d] == li.columns)
+            block = math.prod(src[d] for d in gi if d > li.axis)
+            out = Layout(out_axis, tuple(Segment(s.space, s.length, s.block * block) for s in li.segments))
+            if dst[out_axis] != out.columns:
+                break
+            self._patch_literal(node, out)
+            self.layouts[node] = out
+            return None
+        return self._stop(node, "a reshape splits or mixes the channel axis")
+
+    def _patch_literal(self, node: fx.Node, out: Layout) -> None:
+        if node.target in ops.RESHAPE and isinstance(node.args[1], list | tuple):
+            value = node.args[1][out.axis]
+            if isinstance(value, int) and value != -1 and value == out.columns:
+                self.patches.append(ShapePatch(node.name, 1, out.axis, out))
+
+    def _permute(self, node: fx.Node) -> None:
+        li = self._layout(node.args[0])
+        if li is None:
+            self.layouts[node] = None
+            return
+        rank = len(self._shape(node))
+        if node.target is ops.aten.permute.default:
+            dims = [int(d) % rank for d in node.args[1]]  # type: ignore[union-attr]
+            self.layouts[node] = li.moved(dims.index(li.axis))
+            return
+        d0, d1 = (0, 1) if node.target is ops.aten.t.default else (int(node.args[1]), int(node.args[2]))  # type: ignore[arg-type]
+        d0, d1 = d0 % rank, d1 % rank
+        swap = {d0: d1, d1: d0}
+        self.layouts[node] = li.moved(swap.get(li.axis, li.axis))
+
+    def _reduce(self, node: fx.Node) -> None:
+        li = self._layout(node.args[0])
+        if li is None:
+            self.layouts[node] = None
+            return None
+        rank = len(self._shape(node.args[0]))  # type: ignore[arg-type]
+        dims = node.args[1] if len(node.args) > 1 else None
+        dims = list(range(rank)) if dims is None else [int(d) % rank for d in dims]  # type: ignore[union-attr]
+        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        if li.axis in dims:
+            return self._stop(node, "a reduction over the channel axis")
+        axis = li.axis if keepdim else li.axis - sum(d < li.axis for d in dims)
+        self.layouts[node] = li.moved(axis)
+        return None
+
+    def _softmax(self, node: fx.Node) -> None:
+        li = self._layout(node.args[0])
+        rank = len(self._shape(node))
+        if li is not None and int(node.args[1]) % rank == li.axis:  # type: ignore[arg-type]
+            return self._stop(node, "a softmax over the channel axis")
+        self.layouts[node] = li
+        return None
+
+    def _layer_norm(self, node: fx.Node) -> None:
+        li = self._layout(node.args[0])
+        rank = len(self._shape(node.args[0]))  # type: ignore[arg-type]
+        normalized = len(node.args[1])  # type: ignore[arg-type]
+        if li is not None and li.axis >= rank - normalized:
+            return self._stop(node, "LayerNorm normalises over these channels, so removing any changes all")
+        self.layouts[node] = {0: li} if node.target is ops.aten.native_layer_norm.default else li
+        return None
+
+    # -- results -------------------------------------------------------------------------------
+    def groups(self) -> tuple[list[ChannelGroup], dict[int, int]]:
+        members: dict[int, list[int]] = {}
+        for space in self.producers:
+            members.setdefault(self.uf.find(space), []).append(space)
+        groups, index = [], {}
+        for root, spaces in sorted(members.items()):
+            first = self.producers[spaces[0]]
+            reasons = [self.poison[s] for s in spaces if s in self.poison]
+            in_group = set(spaces)
+            consumers = [c for c in self.consumers if c.layout.spaces & in_group]
+            skipped = reasons[0] if reasons else None
+            coupling = "residual" if in_group & self.additive else None
+            if skipped is None and coupling:
+                skipped = "residual stream: its channels are tied to an identity path by an addition"
+            if skipped is None and not consumers:
+                skipped = "no layer consumes its channels"
+            name = first.name if len(spaces) == 1 else f"{first.name}+{len(spaces) - 1}"
+            position = max(self.producers[s].position for s in spaces)
+            group = ChannelGroup(name, spaces, first.size, position, consumers, skipped, coupling)
+            for s in spaces:
+                index[s] = len(groups)
+            groups.append(group)
+        return groups, index
+
+
+def probe_shapes(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> dict[str, tuple[int, ...]]:
+    """Concrete output shape of every node, from one real run on ``example``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    class _Probe(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            if isinstance(out, torch.Tensor):
+                shapes[n.name] = tuple(out.shape)
+            return out
+
+    with torch.no_grad():
+        _Probe(gm).run(*example)
+    return shapes
+
+
+def analyse(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> GraphAnalysis:
+    """Find every prunable channel group of ``gm`` (an unlifted exported module)."""
+    shapes = probe_shapes(gm, example)
+    tracer = _Tracer(gm, shapes)
+    tracer.run()
+    groups, index = tracer.groups()
+    return GraphAnalysis(
+        producers=tracer.producers,
+        param_axes=list(tracer.param_axes.values()),
+        consumers=tracer.consumers,
+        compute=tracer.compute,
+        patches=tracer.patches,
+        groups=groups,
+        shapes=shapes,
+        space_group=index,
+    )

@@ -1,0 +1,64 @@
+"""Channel layouts: which producer's channels sit where along a tensor's channel axis.
+
+A *space* is the output-channel axis of one producer (a conv or linear layer with a parameter weight).
+As a tensor flows through channel-wise ops its channel axis keeps pointing at the same spaces; a concat
+along that axis lays several spaces side by side; a flatten into a linear layer turns every channel into
+a block of ``H*W`` columns. ``FIXED`` marks channels no producer owns (e.g. the model input): they are
+never pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+FIXED = -1
+
+
+@dataclass(frozen=True)
+class Segment:
+    """``length`` consecutive channels of one space; each channel spans ``block`` columns."""
+
+    space: int
+    length: int
+    block: int = 1
+
+    @property
+    def columns(self) -> int:
+        return self.length * self.block
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The spaces laid along ``axis`` of a tensor, in order."""
+
+    axis: int
+    segments: tuple[Segment, ...]
+
+    @property
+    def columns(self) -> int:
+        return sum(s.columns for s in self.segments)
+
+    @property
+    def spaces(self) -> set[int]:
+        return {s.space for s in self.segments if s.space != FIXED}
+
+    @property
+    def blocked(self) -> bool:
+        return any(s.block > 1 for s in self.segments)
+
+    def moved(self, axis: int) -> Layout:
+        return replace(self, axis=axis)
+
+    def offsets(self) -> list[tuple[Segment, int]]:
+        """Each segment with the column where it starts."""
+        out, start = [], 0
+        for seg in self.segments:
+            out.append((seg, start))
+            start += seg.columns
+        return out
+
+    def columns_for(self, widths: dict[int, int]) -> int:
+        """Width of this axis once every space ``s`` keeps ``widths[s]`` channels."""
+        return sum(
+            (s.length if s.space == FIXED else widths.get(s.space, s.length)) * s.block for s in self.segments
+        )

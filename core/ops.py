@@ -1,0 +1,143 @@
+"""ATen op families, as the graph analysis sees them.
+
+Only ops listed here let channels through; anything else stops the channels that reach it, so the
+analysis errs toward leaving a layer alone, never toward emitting a wrong model.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+aten = torch.ops.aten
+
+CONV = {
+    aten.conv1d.default,
+    aten.conv2d.default,
+    aten.conv3d.default,
+    aten.convolution.default,
+}
+LINEAR = {aten.linear.default}
+
+# batch norm in inference form: (input, weight, bias, running_mean, running_var, ...)
+BATCH_NORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+LAYER_NORM = {aten.layer_norm.default, aten.native_layer_norm.default}
+GROUP_NORM = {aten.group_norm.default, aten.native_group_norm.default}
+
+# channel-wise ops whose first argument is the only tensor: each channel maps to itself
+ELEMENTWISE = {
+    aten.relu.default,
+    aten.relu_.default,
+    aten.gelu.default,
+    aten.silu.default,
+    aten.silu_.default,
+    aten.sigmoid.default,
+    aten.tanh.default,
+    aten.hardswish.default,
+    aten.hardswish_.default,
+    aten.hardsigmoid.default,
+    aten.hardtanh.default,
+    aten.hardtanh_.default,
+    aten.leaky_relu.default,
+    aten.elu.default,
+    aten.selu.default,
+    aten.mish.default,
+    aten.softplus.default,
+    aten.erf.default,
+    aten.exp.default,
+    aten.log.default,
+    aten.abs.default,
+    aten.neg.default,
+    aten.sqrt.default,
+    aten.rsqrt.default,
+    aten.reciprocal.default,
+    aten.square.default,
+    aten.pow.Tensor_Scalar,
+    aten.clamp.default,
+    aten.clamp_min.default,
+    aten.clamp_max.default,
+    aten.dropout.default,
+    aten.feature_dropout.default,
+    aten.alpha_dropout.default,
+    aten.native_dropout.default,
+    aten.clone.default,
+    aten.contiguous.default,
+    aten.alias.default,
+    aten.detach.default,
+    aten.lift_fresh_copy.default,
+    aten._to_copy.default,
+    aten.to.dtype,
+    aten.to.dtype_layout,
+    aten.to.device,
+    aten.add.Scalar,
+    aten.sub.Scalar,
+    aten.mul.Scalar,
+    aten.div.Scalar,
+}
+
+# spatial ops on (N, C, *spatial): channels stay on axis 1
+SPATIAL = {
+    aten.max_pool1d.default,
+    aten.max_pool2d.default,
+    aten.max_pool3d.default,
+    aten.avg_pool1d.default,
+    aten.avg_pool2d.default,
+    aten.avg_pool3d.default,
+    aten.adaptive_avg_pool1d.default,
+    aten.adaptive_avg_pool2d.default,
+    aten._adaptive_avg_pool2d.default,
+    aten.adaptive_avg_pool3d.default,
+    aten.upsample_nearest1d.default,
+    aten.upsample_nearest1d.vec,
+    aten.upsample_nearest2d.default,
+    aten.upsample_nearest2d.vec,
+    aten.upsample_bilinear2d.default,
+    aten.upsample_bilinear2d.vec,
+    aten.upsample_bicubic2d.default,
+    aten.upsample_bicubic2d.vec,
+    aten.upsample_linear1d.default,
+    aten.upsample_linear1d.vec,
+}
+# spatial ops that return (values, indices); the values are element 0
+SPATIAL_TUPLE = {
+    aten.max_pool2d_with_indices.default,
+    aten.max_pool1d_with_indices.default,
+    aten.max_pool3d_with_indices.default,
+    aten.adaptive_max_pool1d.default,
+    aten.adaptive_max_pool2d.default,
+}
+PAD = {aten.constant_pad_nd.default, aten.pad.default}
+
+BINARY = {
+    aten.add.Tensor,
+    aten.sub.Tensor,
+    aten.mul.Tensor,
+    aten.div.Tensor,
+    aten.maximum.default,
+    aten.minimum.default,
+}
+ADDITIVE = {aten.add.Tensor, aten.sub.Tensor}
+
+REDUCE = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default}
+SOFTMAX = {aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
+CAT = {aten.cat.default}
+
+RESHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
+FLATTEN = {aten.flatten.using_ints}
+SQUEEZE = {aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default}
+UNSQUEEZE = {aten.unsqueeze.default}
+PERMUTE = {aten.permute.default}
+TRANSPOSE = {aten.transpose.int, aten.t.default}
+
+# ops that read shapes or assert on them; they never move values across channels
+SHAPE_ONLY = {
+    aten.sym_size.int,
+    aten.sym_numel.default,
+    aten.sym_stride.int,
+    aten._assert_tensor_metadata.default,
+    aten._assert_scalar.default,
+    aten.sym_constrain_range_for_size.default,
+}
+
+GETITEM = operator.getitem

@@ -1,0 +1,61 @@
+"""Turn the edited module back into a standalone ExportedProgram."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx
+
+from core.cost import Widths
+from core.graph import GraphAnalysis
+
+
+def patch_shapes(gm: fx.GraphModule, analysis: GraphAnalysis, widths: Widths) -> None:
+    """Rewrite literal sizes (``view(-1, 512*7*7)``, depthwise ``groups``) to the new widths."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for patch in analysis.patches:
+        node = nodes[patch.node]
+        args = list(node.args)
+        value = patch.layout.columns_for(widths)
+        if patch.item is None:
+            args[patch.arg] = value
+        else:
+            items = list(args[patch.arg])  # type: ignore[arg-type]
+            items[patch.item] = value
+            args[patch.arg] = items
+        node.args = tuple(args)
+    gm.recompile()
+
+
+def dynamic_dims(program: torch.export.ExportedProgram) -> list[dict[int, Any]]:
+    """For each user input, the dims that were symbolic in ``program`` (kept dynamic on re-export)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    out = []
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            val = node.meta.get("val")
+            shape = getattr(val, "shape", ())
+            out.append({i: torch.export.Dim.DYNAMIC for i, d in enumerate(shape) if not isinstance(d, int)})
+    return out
+
+
+def reexport(
+    gm: fx.GraphModule, original: torch.export.ExportedProgram, example: tuple[torch.Tensor, ...]
+) -> torch.export.ExportedProgram:
+    """Export ``gm`` afresh, keeping every dynamic dim the original had."""
+    dims = dynamic_dims(original)
+    dynamic = tuple(d or None for d in dims) if any(dims) else None
+    with torch.no_grad():
+        return torch.export.export(gm, example, dynamic_shapes=dynamic, strict=False)
+
+
+def input_specs(program: torch.export.ExportedProgram) -> list[tuple[tuple[int | None, ...], torch.dtype]]:
+    """Shape (None for a symbolic dim) and dtype of each user input."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    specs = []
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            val = node.meta["val"]
+            specs.append((tuple(d if isinstance(d, int) else None for d in val.shape), val.dtype))
+    return specs

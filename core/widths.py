@@ -1,0 +1,97 @@
+"""Width allocation: how many channels each group keeps.
+
+Three rules: ``alpha`` (each group keeps the fewest channels whose retained ratio reaches alpha),
+a global target on FLOPs or parameters (one shared knob found by bisection, so fast-decaying spectra
+shrink most, then a channel-by-channel fill to land within tolerance), and explicit widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from core.errors import ConfigError, TargetUnreachableError
+from core.graph import ChannelGroup
+
+GroupWidths = dict[str, int]
+
+
+def for_alpha(groups: list[ChannelGroup], retained: dict[str, np.ndarray], alpha: float) -> GroupWidths:
+    """Per group, the smallest k >= 1 with ``retained[k] >= alpha`` (``retained[k]``: ratio kept by k)."""
+    out = {}
+    for g in groups:
+        reached = retained[g.name][1:] >= alpha - 1e-12
+        out[g.name] = int(np.argmax(reached)) + 1 if reached.any() else g.size
+    return out
+
+
+def for_fraction(groups: list[ChannelGroup], fraction: float) -> GroupWidths:
+    """The same fraction of every group (the usual allocation of the L1 and random baselines)."""
+    return {g.name: max(1, min(g.size, round(fraction * g.size))) for g in groups}
+
+
+def explicit(groups: list[ChannelGroup], skipped: dict[str, str], widths: dict[str, int]) -> GroupWidths:
+    sizes = {g.name: g.size for g in groups}
+    for name, k in widths.items():
+        if name in skipped:
+            raise ConfigError(f"widths names group {name!r}, which cannot be pruned: {skipped[name]}")
+        if name not in sizes:
+            raise ConfigError(f"widths names unknown group {name!r}; prunable groups: {', '.join(sizes)}")
+        if k > sizes[name]:
+            raise ConfigError(f"widths asks {k} channels of {name!r}, which has {sizes[name]}")
+    return {name: widths.get(name, size) for name, size in sizes.items()}
+
+
+def meet_target(
+    groups: list[ChannelGroup],
+    knob: Callable[[float], GroupWidths],
+    cost: Callable[[GroupWidths], float],
+    target: float,
+    priority: Callable[[str, int, float], float],
+    what: str,
+    limiting: list[str],
+    tolerance: float = 0.01,
+) -> GroupWidths:
+    """Widths whose ``cost`` (a fraction of the original) is within ``tolerance`` (relative) of target.
+
+    ``knob(t)`` maps t in [0, 1] to widths with cost non-decreasing in t; bisection finds the largest
+    t under target; then single channels are added where ``priority(group, width, added_cost)`` is
+    highest.
+    """
+    full = {g.name: g.size for g in groups}
+    if cost(full) <= target * (1 + tolerance):
+        return full
+    floor = {g.name: 1 for g in groups}
+    if cost(floor) > target * (1 + tolerance):
+        raise TargetUnreachableError(
+            f"{what} target {target:.4g} cannot be met: even one channel per prunable group keeps "
+            f"{cost(floor):.4g}; the cost is held by layers that cannot be pruned: {', '.join(limiting[:8])}"
+        )
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if cost(knob(mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    widths = {name: max(1, k) for name, k in knob(lo).items()}
+    if cost(widths) > target * (1 + tolerance):
+        widths = floor
+    sizes = {g.name: g.size for g in groups}
+    while cost(widths) < target * (1 - tolerance / 2):
+        best, best_p = None, -float("inf")
+        for name, k in widths.items():
+            if k >= sizes[name]:
+                continue
+            trial = {**widths, name: k + 1}
+            added = cost(trial)
+            if added > target * (1 + tolerance / 2):
+                continue
+            p = priority(name, k, added - cost(widths))
+            if p > best_p:
+                best, best_p = name, p
+        if best is None:
+            break
+        widths[best] += 1
+    return widths
