@@ -128,6 +128,8 @@ def _allocate(
     cost: CostModel,
 ) -> dict[str, int]:
     """Widths per prunable group, by the config's width rule."""
+    if not groups:
+        return {}
     if config.widths is not None:
         return widths.explicit(groups, skipped, config.widths)
     if config.alpha is not None:
@@ -163,7 +165,8 @@ def _allocate(
     target = config.flops_ratio if by_flops else config.params_ratio
     assert target is not None
     what = "FLOPs" if by_flops else "parameters"
-    return widths.meet_target(groups, knob, ratio, target, priority, what, limiting + list(skipped))
+    limiting += [name for name in skipped if name not in limiting]
+    return widths.meet_target(groups, knob, ratio, target, priority, what, limiting)
 
 
 def _select(
@@ -334,6 +337,7 @@ def compress(
     report |= {
         "layers": layers,
         "skipped": [{"name": g.name, "width": g.size, "reason": g.skipped} for g in analysis.groups if g.skipped],
+        "warnings": [] if prunable else ["nothing in this model can be pruned; it is returned unchanged"],
         "config": config.to_dict(),
         "calibration": {"samples": len(data), "batch_size": batch, "device": str(device)},
         "evaluation": {"samples": len(eval_data), "source": "evaluation" if evaluation else "calibration"},
