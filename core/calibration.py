@@ -37,7 +37,9 @@ def _as_tuple(batch: object) -> Batch:
         return (batch,)
     if isinstance(batch, list | tuple) and batch and all(isinstance(x, torch.Tensor) for x in batch):
         return tuple(batch)
-    raise CalibrationError(f"calibration batches must be tensors or tuples of tensors, got {type(batch).__name__}")
+    raise CalibrationError(
+        f"calibration batches must be tensors or tuples of tensors, got {type(batch).__name__}"
+    )
 
 
 def gather(data: torch.Tensor | Iterable, limit: int | None = None) -> Samples:
@@ -64,10 +66,14 @@ def check(samples: Samples, specs: list[InputSpec], what: str = "calibration") -
     if len(samples) == 0:
         raise CalibrationError(f"{what} data is empty")
     if len(samples.inputs) != len(specs):
-        raise CalibrationError(f"the model takes {len(specs)} input(s), {what} data gives {len(samples.inputs)}")
+        raise CalibrationError(
+            f"the model takes {len(specs)} input(s), {what} data gives {len(samples.inputs)}"
+        )
     for i, (x, (shape, dtype)) in enumerate(zip(samples.inputs, specs, strict=True)):
         want = "x".join("N" if d is None else str(d) for d in shape)
-        if x.dim() != len(shape) or any(d is not None and d != s for d, s in zip(shape[1:], x.shape[1:], strict=True)):
+        if x.dim() != len(shape) or any(
+            d is not None and d != s for d, s in zip(shape[1:], x.shape[1:], strict=True)
+        ):
             raise CalibrationError(
                 f"input {i}: the model expects shape {want}, {what} data has {'x'.join(map(str, x.shape))}"
             )
@@ -84,7 +90,9 @@ def check(samples: Samples, specs: list[InputSpec], what: str = "calibration") -
 
 def conform(samples: Samples, specs: list[InputSpec]) -> Samples:
     """Cast inputs to the dtypes the model was exported with."""
-    return Samples(tuple(x.to(dtype) for x, (_, dtype) in zip(samples.inputs, specs, strict=True)), samples.labels)
+    return Samples(
+        tuple(x.to(dtype) for x, (_, dtype) in zip(samples.inputs, specs, strict=True)), samples.labels
+    )
 
 
 def subsample(samples: Samples, limit: int, seed: int) -> Samples:

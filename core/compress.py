@@ -159,9 +159,12 @@ def _allocate(
             return 1.0 - k / sizes[name]
 
     floor = _space_widths(groups, {g.name: 1 for g in groups})
-    limiting = [c.weight.removesuffix(".weight") for c in sorted(
-        cost.compute, key=lambda c: -(c.flops if by_flops else 0.0)
-    ) if not (c.inputs and c.inputs.spaces & set(floor)) and not (c.outputs and c.outputs.spaces & set(floor))]
+    limiting = [
+        c.weight.removesuffix(".weight")
+        for c in sorted(cost.compute, key=lambda c: -(c.flops if by_flops else 0.0))
+        if not (c.inputs and c.inputs.spaces & set(floor))
+        and not (c.outputs and c.outputs.spaces & set(floor))
+    ]
     target = config.flops_ratio if by_flops else config.params_ratio
     assert target is not None
     what = "FLOPs" if by_flops else "parameters"
@@ -192,7 +195,9 @@ def _select(
             order = greedy_select(st.second_moment, gram, config.theta, st.tau, steps=k).order
         elif config.method == "l1":
             params = dict(gm.named_parameters())
-            score = sum(params[analysis.producers[s].weight].detach().abs().flatten(1).sum(1) for s in g.spaces)
+            score = sum(
+                params[analysis.producers[s].weight].detach().abs().flatten(1).sum(1) for s in g.spaces
+            )
             order = torch.argsort(torch.as_tensor(score), descending=True, stable=True)
         else:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
@@ -221,7 +226,12 @@ def _layer_entry(
     g: ChannelGroup, st: _GroupStats | None, gram: torch.Tensor | None, kept: torch.Tensor | None, width: int
 ) -> dict[str, Any]:
     indices = kept if kept is not None else torch.arange(g.size)
-    entry: dict[str, Any] = {"name": g.name, "width_before": g.size, "width_after": width, "kept": indices.tolist()}
+    entry: dict[str, Any] = {
+        "name": g.name,
+        "width_before": g.size,
+        "width_after": width,
+        "kept": indices.tolist(),
+    }
     if st is None:
         return entry | dict.fromkeys(
             ("eigenvalues", "dof", "theory_width", "retained", "loss_input", "loss_output", "bias_lambda")
@@ -270,7 +280,9 @@ def compress(
     """
     config = config or CompressionConfig()
     if not isinstance(program, torch.export.ExportedProgram):
-        raise UnsupportedModelError(f"compress takes a torch.export.ExportedProgram, got {type(program).__name__}")
+        raise UnsupportedModelError(
+            f"compress takes a torch.export.ExportedProgram, got {type(program).__name__}"
+        )
     clock = _Clock(progress)
     clock.stage("analyse")
     specs = rewrite.input_specs(program)
@@ -306,8 +318,10 @@ def compress(
     stats = {g.name: _group_stats(g, moments, config.ridge) for g in prunable}
 
     clock.stage("selection")
-    grams = {g.name: consumer_gram(_consumer_weights(gm, g, analysis, {})).to(stats[g.name].second_moment.device)
-             for g in prunable}
+    grams = {
+        g.name: consumer_gram(_consumer_weights(gm, g, analysis, {})).to(stats[g.name].second_moment.device)
+        for g in prunable
+    }
     retained = {}
     for i, g in enumerate(prunable):
         sel = greedy_select(stats[g.name].second_moment, grams[g.name], config.theta, stats[g.name].tau)
@@ -336,7 +350,9 @@ def compress(
     clock.stage("")
     report |= {
         "layers": layers,
-        "skipped": [{"name": g.name, "width": g.size, "reason": g.skipped} for g in analysis.groups if g.skipped],
+        "skipped": [
+            {"name": g.name, "width": g.size, "reason": g.skipped} for g in analysis.groups if g.skipped
+        ],
         "warnings": [] if prunable else ["nothing in this model can be pruned; it is returned unchanged"],
         "config": config.to_dict(),
         "calibration": {"samples": len(data), "batch_size": batch, "device": str(device)},

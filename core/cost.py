@@ -44,4 +44,6 @@ class CostModel:
         return sum(n * math.prod(_ratio(lay, widths) for lay in lays) for n, lays in self.parameters)
 
     def flops_by_layer(self) -> list[tuple[str, float]]:
-        return sorted(((c.weight.removesuffix(".weight"), c.flops) for c in self.compute), key=lambda x: -x[1])
+        return sorted(
+            ((c.weight.removesuffix(".weight"), c.flops) for c in self.compute), key=lambda x: -x[1]
+        )

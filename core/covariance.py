@@ -58,7 +58,9 @@ def _observer(obs: Observation, store: dict[tuple[str, int], Moments]) -> Callab
             key = (obs.node, seg.space)
             m = store.get(key)
             if m is None:
-                m = store[key] = Moments(torch.zeros(seg.length, seg.length, dtype=torch.float64, device=x.device))
+                m = store[key] = Moments(
+                    torch.zeros(seg.length, seg.length, dtype=torch.float64, device=x.device)
+                )
             m.total += (x.T @ x).double()
             m.rows += x.shape[0]
 

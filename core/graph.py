@@ -136,6 +136,11 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def _args(node: fx.Node) -> tuple[Any, ...]:
+    """A node's positional arguments, untyped (fx types them as a union of every argument kind)."""
+    return tuple(node.args)
+
+
 def _tensor_nodes(value: Any) -> Iterator[fx.Node]:
     """Every fx node inside an argument structure."""
     if isinstance(value, fx.Node):
@@ -241,7 +246,7 @@ class _Tracer:
         return Layout(axis=-1, segments=(Segment(space, size),))
 
     def _stop(self, node: fx.Node, why: str) -> None:
-        for arg in _tensor_nodes((node.args, node.kwargs)):
+        for arg in _tensor_nodes((_args(node), node.kwargs)):
             self._poison(self.layouts.get(arg), why)
         self.layouts[node] = None
 
@@ -291,24 +296,27 @@ class _Tracer:
         elif t in ops.SHAPE_ONLY:
             self.layouts[node] = None
         elif t is ops.GETITEM:
-            src = self.layouts.get(node.args[0])  # type: ignore[arg-type]
-            self.layouts[node] = src.get(node.args[1]) if isinstance(src, dict) else None
+            src = self.layouts.get(_args(node)[0])
+            self.layouts[node] = src.get(_args(node)[1]) if isinstance(src, dict) else None
         else:
-            self._stop(node, f"it flows into {getattr(t, '__name__', t)}, which the analysis cannot prove safe")
+            self._stop(
+                node, f"it flows into {getattr(t, '__name__', t)}, which the analysis cannot prove safe"
+            )
 
     def _conv(self, node: fx.Node, position: int) -> None:
-        args = node.args
+        args = _args(node)
         x, w, b = args[0], args[1], args[2] if len(args) > 2 else node.kwargs.get("bias")
         if node.target is ops.aten.convolution.default:
-            transposed, groups = bool(args[6]), int(args[8])  # type: ignore[arg-type]
+            transposed, groups = bool(args[6]), int(args[8])
         else:
-            transposed, groups = False, int(args[6]) if len(args) > 6 else int(node.kwargs.get("groups", 1))  # type: ignore[arg-type]
+            groups_arg: Any = args[6] if len(args) > 6 else node.kwargs.get("groups", 1)
+            transposed, groups = False, int(groups_arg)
         weight = self._param(w)
         li = self._layout(x)
         if weight is None or transposed or self.weight_uses.get(weight, 0) > 1:
             why = "transposed convolution" if transposed else "its weight is not a parameter of its own"
             return self._stop(node, why)
-        wshape = self._shape(w)  # type: ignore[arg-type]
+        wshape = self._shape(w)
         out_ch, in_per_group = wshape[0], wshape[1]
         flops = 2.0 * math.prod(wshape) * math.prod(self._shape(node)[2:])
         depthwise = groups > 1 and in_per_group == 1 and out_ch == groups
@@ -333,7 +341,7 @@ class _Tracer:
                 self._poison(li, "convolution over a non-channel axis")
             else:
                 inputs = li.moved(1)
-                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "conv"))  # type: ignore[union-attr]
+                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "conv"))
                 self._slice_param(w, 1, inputs, refit=True)
         out = self._new_space(node, weight, out_ch, position).moved(1)
         self._slice_param(w, 0, out)
@@ -343,14 +351,14 @@ class _Tracer:
         return None
 
     def _linear(self, node: fx.Node, position: int) -> None:
-        x, w = node.args[0], node.args[1]
-        b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        x, w = _args(node)[0], _args(node)[1]
+        b = _args(node)[2] if len(_args(node)) > 2 else node.kwargs.get("bias")
         weight = self._param(w)
         if weight is None or self.weight_uses.get(weight, 0) > 1:
             return self._stop(node, "its weight is not a parameter of its own")
         li = self._layout(x)
-        xshape = self._shape(x)  # type: ignore[arg-type]
-        wshape = self._shape(w)  # type: ignore[arg-type]
+        xshape = self._shape(x)
+        wshape = self._shape(w)
         rows = math.prod(xshape[1:-1]) if len(xshape) > 1 else 1
         flops = 2.0 * math.prod(wshape) * rows
         inputs = None
@@ -359,7 +367,7 @@ class _Tracer:
                 self._poison(li, "linear layer over a non-channel axis")
             else:
                 inputs = li.moved(1)
-                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "linear"))  # type: ignore[union-attr]
+                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "linear"))
                 self._slice_param(w, 1, inputs, refit=True)
         out = self._new_space(node, weight, wshape[0], position).moved(len(self._shape(node)) - 1)
         self._slice_param(w, 0, out)
@@ -369,14 +377,14 @@ class _Tracer:
         return None
 
     def _batch_norm(self, node: fx.Node) -> None:
-        li = self._layout(node.args[0])
-        training = node.target is ops.aten.batch_norm.default and bool(node.args[5])
+        li = self._layout(_args(node)[0])
+        training = node.target is ops.aten.batch_norm.default and bool(_args(node)[5])
         if li is None:
             self.layouts[node] = None
         elif training or li.axis != 1:
             return self._stop(node, "batch norm in training mode" if training else "batch norm off axis 1")
         else:
-            for p in node.args[1:5]:
+            for p in _args(node)[1:5]:
                 self._slice_param(p, 0, li)
             self.layouts[node] = li
         if node.target is not ops.aten.batch_norm.default:  # returns (out, mean, invstd)
@@ -384,30 +392,30 @@ class _Tracer:
         return None
 
     def _elementwise(self, node: fx.Node) -> None:
-        li = self._layout(node.args[0])
+        li = self._layout(_args(node)[0])
         if node.target is ops.aten.native_dropout.default:
             self.layouts[node] = {0: li}
         else:
             self.layouts[node] = li
 
     def _spatial(self, node: fx.Node) -> None:
-        li = self._layout(node.args[0])
+        li = self._layout(_args(node)[0])
         if li is not None and (li.axis != 1 or li.blocked):
             return self._stop(node, "pooling or resizing over the channel axis")
         self.layouts[node] = {0: li} if node.target in ops.SPATIAL_TUPLE else li
         return None
 
     def _pad(self, node: fx.Node) -> None:
-        li = self._layout(node.args[0])
+        li = self._layout(_args(node)[0])
         rank = len(self._shape(node))
-        padded = len(node.args[1]) // 2  # type: ignore[arg-type]
+        padded = len(_args(node)[1]) // 2
         if li is not None and li.axis >= rank - padded:
             return self._stop(node, "padding along the channel axis")
         self.layouts[node] = li
         return None
 
     def _binary(self, node: fx.Node) -> None:
-        a, b = node.args[0], node.args[1]
+        a, b = _args(node)[0], _args(node)[1]
         la, lb = self._layout(a), self._layout(b)
         out_rank = len(self._shape(node))
         if la is None and lb is None:
@@ -416,13 +424,13 @@ class _Tracer:
         if la is None:  # keep the tracked operand first
             a, b, la, lb = b, a, lb, la
         assert la is not None
-        axis = la.axis + out_rank - len(self._shape(a))  # type: ignore[arg-type]
+        axis = la.axis + out_rank - len(self._shape(a))
         la = la.moved(axis)
         if self._shape(node)[axis] != la.columns:
             return self._stop(node, "broadcast across the channel axis")
         if lb is None:
             return self._binary_with_constant(node, la, b, axis, out_rank)
-        lb = lb.moved(lb.axis + out_rank - len(self._shape(b)))  # type: ignore[arg-type]
+        lb = lb.moved(lb.axis + out_rank - len(self._shape(b)))
         if lb.axis != la.axis or [(s.length, s.block) for s in la.segments] != [
             (s.length, s.block) for s in lb.segments
         ]:
@@ -453,9 +461,9 @@ class _Tracer:
         return self._stop(node, "combined with a tensor that is not channel-aligned")
 
     def _cat(self, node: fx.Node) -> None:
-        inputs = list(node.args[0])  # type: ignore[arg-type]
+        inputs = list(_args(node)[0])
         rank = len(self._shape(node))
-        dim = int(node.args[1]) if len(node.args) > 1 else 0  # type: ignore[arg-type]
+        dim = int(_args(node)[1]) if len(_args(node)) > 1 else 0
         dim %= rank
         layouts = [self._layout(x) for x in inputs]
         tracked = [lay for lay in layouts if lay is not None]
@@ -477,12 +485,12 @@ class _Tracer:
         return self._stop(node, "concatenated with other tensors along a non-channel axis")
 
     def _reshape(self, node: fx.Node) -> None:
-        x = node.args[0]
+        x = _args(node)[0]
         li = self._layout(x)
         if li is None:
             self.layouts[node] = None
             return None
-        src, dst = self._shape(x), self._shape(node)  # type: ignore[arg-type]
+        src, dst = self._shape(x), self._shape(node)
         for gi, gj in _regroup(src, dst):
             if li.axis not in gi:
                 continue
@@ -503,35 +511,35 @@ class _Tracer:
         return self._stop(node, "a reshape splits or mixes the channel axis")
 
     def _patch_literal(self, node: fx.Node, out: Layout) -> None:
-        if node.target in ops.RESHAPE and isinstance(node.args[1], list | tuple):
-            value = node.args[1][out.axis]
+        if node.target in ops.RESHAPE and isinstance(_args(node)[1], list | tuple):
+            value = _args(node)[1][out.axis]
             if isinstance(value, int) and value != -1 and value == out.columns:
                 self.patches.append(ShapePatch(node.name, 1, out.axis, out))
 
     def _permute(self, node: fx.Node) -> None:
-        li = self._layout(node.args[0])
+        li = self._layout(_args(node)[0])
         if li is None:
             self.layouts[node] = None
             return
         rank = len(self._shape(node))
         if node.target is ops.aten.permute.default:
-            dims = [int(d) % rank for d in node.args[1]]  # type: ignore[union-attr]
+            dims = [int(d) % rank for d in _args(node)[1]]
             self.layouts[node] = li.moved(dims.index(li.axis))
             return
-        d0, d1 = (0, 1) if node.target is ops.aten.t.default else (int(node.args[1]), int(node.args[2]))  # type: ignore[arg-type]
+        d0, d1 = (0, 1) if node.target is ops.aten.t.default else (int(_args(node)[1]), int(_args(node)[2]))
         d0, d1 = d0 % rank, d1 % rank
         swap = {d0: d1, d1: d0}
         self.layouts[node] = li.moved(swap.get(li.axis, li.axis))
 
     def _reduce(self, node: fx.Node) -> None:
-        li = self._layout(node.args[0])
+        li = self._layout(_args(node)[0])
         if li is None:
             self.layouts[node] = None
             return None
-        rank = len(self._shape(node.args[0]))  # type: ignore[arg-type]
-        dims = node.args[1] if len(node.args) > 1 else None
-        dims = list(range(rank)) if dims is None else [int(d) % rank for d in dims]  # type: ignore[union-attr]
-        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        rank = len(self._shape(_args(node)[0]))
+        dims = _args(node)[1] if len(_args(node)) > 1 else None
+        dims = list(range(rank)) if dims is None else [int(d) % rank for d in dims]
+        keepdim = bool(_args(node)[2]) if len(_args(node)) > 2 else bool(node.kwargs.get("keepdim", False))
         if li.axis in dims:
             return self._stop(node, "a reduction over the channel axis")
         axis = li.axis if keepdim else li.axis - sum(d < li.axis for d in dims)
@@ -539,17 +547,17 @@ class _Tracer:
         return None
 
     def _softmax(self, node: fx.Node) -> None:
-        li = self._layout(node.args[0])
+        li = self._layout(_args(node)[0])
         rank = len(self._shape(node))
-        if li is not None and int(node.args[1]) % rank == li.axis:  # type: ignore[arg-type]
+        if li is not None and int(_args(node)[1]) % rank == li.axis:
             return self._stop(node, "a softmax over the channel axis")
         self.layouts[node] = li
         return None
 
     def _layer_norm(self, node: fx.Node) -> None:
-        li = self._layout(node.args[0])
-        rank = len(self._shape(node.args[0]))  # type: ignore[arg-type]
-        normalized = len(node.args[1])  # type: ignore[arg-type]
+        li = self._layout(_args(node)[0])
+        rank = len(self._shape(_args(node)[0]))
+        normalized = len(_args(node)[1])
         if li is not None and li.axis >= rank - normalized:
             return self._stop(node, "LayerNorm normalises over these channels, so removing any changes all")
         self.layouts[node] = {0: li} if node.target is ops.aten.native_layer_norm.default else li
@@ -560,8 +568,9 @@ class _Tracer:
         members: dict[int, list[int]] = {}
         for space in self.producers:
             members.setdefault(self.uf.find(space), []).append(space)
-        groups, index = [], {}
-        for root, spaces in sorted(members.items()):
+        groups: list[ChannelGroup] = []
+        index: dict[int, int] = {}
+        for _root, spaces in sorted(members.items()):
             first = self.producers[spaces[0]]
             reasons = [self.poison[s] for s in spaces if s in self.poison]
             in_group = set(spaces)

@@ -110,5 +110,7 @@ def check_labels(module: nn.Module, example: Batch, labels: torch.Tensor) -> int
         raise LabelError(f"accuracy needs (N, classes) outputs; the model returns shape {tuple(out.shape)}")
     classes = out.shape[1]
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= classes):
-        raise LabelError(f"labels must lie in [0, {classes - 1}]; got values from {int(labels.min())} to {int(labels.max())}")
+        raise LabelError(
+            f"labels must lie in [0, {classes - 1}]; got values from {int(labels.min())} to {int(labels.max())}"
+        )
     return classes

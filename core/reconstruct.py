@@ -45,7 +45,9 @@ def _apply_refit(part: torch.Tensor, axis: int, a: torch.Tensor, block: int) -> 
     return w.to(part.dtype).movedim(-1, axis)
 
 
-def pruned_tensors(gm: fx.GraphModule, analysis: GraphAnalysis, kept: Kept, refits: Refits) -> dict[str, torch.Tensor]:
+def pruned_tensors(
+    gm: fx.GraphModule, analysis: GraphAnalysis, kept: Kept, refits: Refits
+) -> dict[str, torch.Tensor]:
     """The new value of every parameter or buffer that changes."""
     state = dict(gm.named_parameters()) | dict(gm.named_buffers())
     by_target: dict[str, list[ParamAxis]] = {}

@@ -86,7 +86,9 @@ class DenseNetLike(nn.Module):
     def __init__(self, classes: int = 10, growth: int = 8) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.block = nn.Sequential(DenseLayer(16, growth), DenseLayer(16 + growth, growth), DenseLayer(16 + 2 * growth, growth))
+        self.block = nn.Sequential(
+            DenseLayer(16, growth), DenseLayer(16 + growth, growth), DenseLayer(16 + 2 * growth, growth)
+        )
         c = 16 + 3 * growth
         self.bn = nn.BatchNorm2d(c)
         self.fc = nn.Linear(c, classes)
@@ -102,9 +104,14 @@ class InvertedResidual(nn.Module):
         hidden = cin * expand
         self.use_res = stride == 1 and cin == cout
         self.body = nn.Sequential(
-            nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden), nn.Hardswish(),
-            nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            nn.Conv2d(cin, hidden, 1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.Hardswish(),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,10 +146,14 @@ class MobileNetLike(nn.Module):
 class TinyTransformer(nn.Module):
     """A pre-norm transformer encoder over token sequences; the MLP hidden units are prunable."""
 
-    def __init__(self, vocab_dim: int = 12, d: int = 32, heads: int = 4, layers: int = 2, classes: int = 5) -> None:
+    def __init__(
+        self, vocab_dim: int = 12, d: int = 32, heads: int = 4, layers: int = 2, classes: int = 5
+    ) -> None:
         super().__init__()
         self.embed = nn.Linear(vocab_dim, d)
-        enc = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True, activation="gelu")
+        enc = nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=0.0, batch_first=True, norm_first=True, activation="gelu"
+        )
         self.encoder = nn.TransformerEncoder(enc, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d, classes)
 

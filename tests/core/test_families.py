@@ -79,7 +79,11 @@ def test_analysis_reports_what_it_leaves_alone() -> None:
     reasons = {s["name"]: s["reason"] for s in report["skipped"]}
     assert "residual stream" in reasons["stem.0+1"]
     assert "output" in reasons["fc"]
-    assert {layer["name"] for layer in report["layers"]} == {"layers.0.conv1", "layers.1.conv1", "layers.2.conv1"}
+    assert {layer["name"] for layer in report["layers"]} == {
+        "layers.0.conv1",
+        "layers.1.conv1",
+        "layers.2.conv1",
+    }
 
     program, x = _setup("transformer")
     report = compress(program, x, CompressionConfig(flops_ratio=0.8), measure_latency=False).report

@@ -92,10 +92,13 @@ class _PlantedConv(nn.Module):
         return self.fc(torch.relu(y).mean(dim=(2, 3)))
 
 
-@pytest.mark.parametrize(("model", "shape", "layer", "rank"), [
-    (_Planted, (10,), "hidden", 6),
-    (_PlantedConv, (3, 12, 12), "conv1", 8),
-])
+@pytest.mark.parametrize(
+    ("model", "shape", "layer", "rank"),
+    [
+        (_Planted, (10,), "hidden", 6),
+        (_PlantedConv, (3, 12, 12), "conv1", 8),
+    ],
+)
 def test_planted_redundancy_is_removed_without_error(model, shape, layer, rank) -> None:
     torch.manual_seed(0)
     net = model().eval()
