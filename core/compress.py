@@ -186,7 +186,7 @@ def _select(
     ordered = sorted(groups, key=lambda g: -g.position)
     for i, g in enumerate(ordered):
         k = chosen[g.name]
-        clock.report(i / max(len(ordered), 1))
+        clock.report(0.5 + 0.5 * i / max(len(ordered), 1))
         if k >= g.size:
             continue
         if config.method == "spectral":
