@@ -6,10 +6,14 @@ channels from the output side inward, rewrite the weights, re-export, and measur
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,7 @@ from core.covariance import Moments, Observation, collect_moments
 from core.errors import ConfigError, UnsupportedModelError
 from core.graph import ChannelGroup, GraphAnalysis, analyse
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
+from core.recovery import recover
 from core.selection import consumer_gram, greedy_select, losses, refit_map
 
 Progress = Callable[[str, float], None]
@@ -33,10 +38,12 @@ ACTIVATION_BUDGET = {"cpu": 1 << 30, "cuda": 4 << 30}  # bytes of activations pe
 
 @dataclass
 class CompressionResult:
-    """``program``: the narrower ExportedProgram; ``report``: the JSON-serialisable report."""
+    """``program``: the narrower (and, with recovery, retrained) ExportedProgram; ``report``: the
+    JSON-serialisable report; ``pruned_program``: the model right after pruning, before recovery."""
 
     program: torch.export.ExportedProgram
     report: dict[str, Any]
+    pruned_program: torch.export.ExportedProgram | None = None
 
 
 @dataclass
@@ -261,36 +268,24 @@ def _estimation_term(cost: CostModel, space_widths: Widths, n: int) -> float:
     return total * math.log(max(n, 2)) / max(n, 1)
 
 
-def compress(
-    program: torch.export.ExportedProgram,
-    calibration: torch.Tensor | Iterable[Any],
-    config: CompressionConfig | None = None,
-    labels: torch.Tensor | None = None,
-    progress: Progress | None = None,
-    *,
-    evaluation: tuple[torch.Tensor, torch.Tensor | None] | None = None,
-    measure_latency: bool = True,
-) -> CompressionResult:
-    """Prune ``program`` by spectral analysis of its activations on ``calibration``.
+@dataclass
+class _Pruned:
+    """One pruning pass: the new program and its part of the report."""
 
-    ``calibration`` is a tensor (N, ...) or an iterable of batches (tensors, or tuples of tensors for
-    several model inputs). ``labels`` (N,) label the calibration data; accuracy is measured on
-    ``evaluation`` = (inputs, labels or None) when given, else on the calibration data.
-    ``progress(stage, fraction)`` is called as work advances; raising from it stops the run.
-    """
-    config = config or CompressionConfig()
-    if not isinstance(program, torch.export.ExportedProgram):
-        raise UnsupportedModelError(
-            f"compress takes a torch.export.ExportedProgram, got {type(program).__name__}"
-        )
-    clock = _Clock(progress)
+    program: torch.export.ExportedProgram
+    report: dict[str, Any]
+
+
+def _prune(
+    program: torch.export.ExportedProgram,
+    data: cal.Samples,
+    specs: list[cal.InputSpec],
+    config: CompressionConfig,
+    device: torch.device,
+    clock: _Clock,
+) -> _Pruned:
+    """Analyse, gather statistics, allocate widths, select, re-fit and re-export once."""
     clock.stage("analyse")
-    specs = rewrite.input_specs(program)
-    data = cal.gather(calibration, limit=config.calibration_samples)
-    data.labels = labels
-    cal.check(data, specs)
-    data = cal.subsample(cal.conform(data, specs), config.calibration_samples, config.seed)
-    device = _device(config)
     gm = program.module()
     probe = tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
     probe = probe if cal.batch_size(specs, 2) == 2 else data.batches(cal.batch_size(specs, 2))[0]
@@ -298,12 +293,8 @@ def compress(
         analysis = analyse(gm, probe)
     except Exception as exc:
         raise UnsupportedModelError(f"the model does not run on the calibration data: {exc}") from exc
-    eval_data = _evaluation_samples(evaluation, data, specs)
-    if eval_data.labels is not None:
-        metrics.check_labels(gm, eval_data.batches(2)[0], eval_data.labels)
     one = _single(data, specs)
-    flops_before = metrics.count_flops(gm, one) / one[0].shape[0]
-    cost = CostModel(analysis, gm, flops_before)
+    cost = CostModel(analysis, gm, metrics.count_flops(gm, one) / one[0].shape[0])
     batch = _batch_size(analysis, probe[0].shape[0], device, specs)
     prunable = analysis.prunable
     skipped = {g.name: g.skipped for g in analysis.groups if g.skipped}
@@ -336,28 +327,19 @@ def compress(
     layers = [
         _layer_entry(g, stats[g.name], grams[g.name], kept.get(g.spaces[0]), chosen[g.name]) for g in prunable
     ]
-    new_tensors = pruned_tensors(gm, analysis, kept, refits)
-    original_module = program.module()
-    assign(gm, new_tensors)
+    assign(gm, pruned_tensors(gm, analysis, kept, refits))
     rewrite.patch_shapes(gm, analysis, space_widths)
 
     clock.stage("export")
     example = data.batches(max(2, cal.batch_size(specs, 2)))[0]
     new_program = rewrite.reexport(gm, program, example)
-
-    clock.stage("evaluate")
-    report = _measure(program, new_program, original_module, eval_data, one, batch, measure_latency)
-    clock.stage("")
-    report |= {
+    report = {
         "layers": layers,
         "skipped": [
             {"name": g.name, "width": g.size, "reason": g.skipped} for g in analysis.groups if g.skipped
         ],
         "warnings": [] if prunable else ["nothing in this model can be pruned; it is returned unchanged"],
-        "config": config.to_dict(),
         "calibration": {"samples": len(data), "batch_size": batch, "device": str(device)},
-        "evaluation": {"samples": len(eval_data), "source": "evaluation" if evaluation else "calibration"},
-        "timings": clock.timings,
         "theory": {
             "samples": len(data),
             "dof_lambda": DOF_LAMBDA,
@@ -368,17 +350,145 @@ def compress(
             "bias_lambda": {entry["name"]: entry["bias_lambda"] for entry in layers},
         },
     }
-    return CompressionResult(new_program, report)
+    return _Pruned(new_program, report)
 
 
-def _evaluation_samples(
-    evaluation: tuple[torch.Tensor, torch.Tensor | None] | None, data: cal.Samples, specs: list
-) -> cal.Samples:
-    if evaluation is None:
-        return data
-    x, y = evaluation
+def compress(
+    program: torch.export.ExportedProgram,
+    calibration: torch.Tensor | Iterable[Any],
+    config: CompressionConfig | None = None,
+    labels: torch.Tensor | None = None,
+    progress: Progress | None = None,
+    *,
+    evaluation: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    training: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    checkpoint_dir: Path | None = None,
+    measure_latency: bool = True,
+) -> CompressionResult:
+    """Prune ``program`` by spectral analysis of its activations on ``calibration``.
+
+    ``calibration`` is a tensor (N, ...) or an iterable of batches (tensors, or tuples of tensors for
+    several model inputs). ``labels`` (N,) label the calibration data; accuracy is measured on
+    ``evaluation`` = (inputs, labels or None) when given, else on the calibration data. Recovery
+    (``config.recovery``) trains on ``training`` = (inputs, labels or None), else on the calibration
+    data, checkpointing into ``checkpoint_dir`` when given so that a rerun resumes.
+    ``progress(stage, fraction)`` is called as work advances; raising from it stops the run.
+    """
+    config = config or CompressionConfig()
+    if not isinstance(program, torch.export.ExportedProgram):
+        raise UnsupportedModelError(
+            f"compress takes a torch.export.ExportedProgram, got {type(program).__name__}"
+        )
+    clock = _Clock(progress)
+    clock.stage("analyse")
+    specs = rewrite.input_specs(program)
+    data = cal.gather(calibration, limit=config.calibration_samples)
+    data.labels = labels
+    cal.check(data, specs)
+    data = cal.subsample(cal.conform(data, specs), config.calibration_samples, config.seed)
+    device = _device(config)
+    original = program.module()
+    eval_data = _samples(evaluation, specs, "evaluation") or data
+    if eval_data.labels is not None:
+        metrics.check_labels(original, eval_data.batches(2)[0], eval_data.labels)
+    train_data = _samples(training, specs, "training") or data
+
+    current, pruned, curve = program, None, []
+    stages = config.recovery.stages
+    for stage in range(stages):
+        stage_config = _stage_config(config, program, current, stage, stages, _single(data, specs))
+        pruned = _prune(current, data, specs, stage_config, device, clock)
+        current = pruned.program
+        if config.recovery.enabled:
+            clock.stage("recovery")
+            result = recover(
+                copy.deepcopy(current.module()),  # module() shares storage with the program's state
+                original,
+                train_data,
+                config.recovery,
+                device=device,
+                seed=config.seed,
+                progress=clock.report,
+                evaluate=lambda m: _quick_eval(m, original, eval_data),
+                checkpoint_dir=checkpoint_dir / f"stage{stage}" if checkpoint_dir else None,
+                fingerprint=json.dumps(config.to_dict(), sort_keys=True),
+            )
+            curve += [point | {"stage": stage} for point in result.curve]
+            clock.stage("export")
+            current = rewrite.reexport(
+                result.module, current, data.batches(max(2, cal.batch_size(specs, 2)))[0]
+            )
+    assert pruned is not None
+
+    clock.stage("evaluate")
+    batch = pruned.report["calibration"]["batch_size"]
+    one = _single(data, specs)
+    report: dict[str, Any] = {
+        "original": _measure(program, original, eval_data, one, batch, measure_latency, original)
+    }
+    report["compressed"] = _measure(
+        pruned.program, pruned.program.module(), eval_data, one, batch, measure_latency, original
+    )
+    if config.recovery.enabled:
+        report["recovered"] = _measure(
+            current, current.module(), eval_data, one, batch, measure_latency, original
+        )
+        report["training_curve"] = curve
+    clock.stage("")
+    report |= pruned.report | {
+        "config": config.to_dict(),
+        "evaluation": {"samples": len(eval_data), "source": "evaluation" if evaluation else "calibration"},
+        "timings": clock.timings,
+    }
+    if stages > 1:
+        _widths_from_original(report, program, data, specs)
+    return CompressionResult(current, report, pruned.program)
+
+
+def _stage_config(
+    config: CompressionConfig,
+    original: torch.export.ExportedProgram,
+    current: torch.export.ExportedProgram,
+    stage: int,
+    stages: int,
+    one: cal.Batch,
+) -> CompressionConfig:
+    """Stage ``stage`` of ``stages`` keeps ``target^((stage+1)/stages)`` of the original's cost."""
+    if stages == 1:
+        return config
+    by_flops = config.flops_ratio is not None
+    target = config.flops_ratio if by_flops else config.params_ratio
+    assert target is not None
+
+    def measure(p: torch.export.ExportedProgram) -> float:
+        return metrics.count_flops(p.module(), one) if by_flops else metrics.count_params(p)
+
+    goal = target ** ((stage + 1) / stages) * measure(original)
+    ratio = min(1.0, goal / measure(current))
+    key = "flops_ratio" if by_flops else "params_ratio"
+    return dataclasses.replace(config, **{key: ratio})
+
+
+def _widths_from_original(
+    report: dict[str, Any], program: torch.export.ExportedProgram, data: cal.Samples, specs: list
+) -> None:
+    """After several stages, state each layer's width before the first stage, not the last."""
+    analysis = analyse(
+        program.module(), tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
+    )
+    sizes = {g.name: g.size for g in analysis.groups}
+    for layer in report["layers"]:
+        layer["width_before"] = sizes.get(layer["name"], layer["width_before"])
+
+
+def _samples(
+    given: tuple[torch.Tensor, torch.Tensor | None] | None, specs: list[cal.InputSpec], what: str
+) -> cal.Samples | None:
+    if given is None:
+        return None
+    x, y = given
     samples = cal.Samples((x,), y)
-    cal.check(samples, specs, what="evaluation")
+    cal.check(samples, specs, what=what)
     return cal.conform(samples, specs)
 
 
@@ -387,34 +497,35 @@ def _single(data: cal.Samples, specs: list) -> cal.Batch:
     return data.batches(cal.batch_size(specs, 1))[0]
 
 
+def _quick_eval(module: torch.nn.Module, original: torch.nn.Module, data: cal.Samples) -> dict[str, Any]:
+    """Accuracy and agreement during recovery, on at most 2,048 evaluation samples."""
+    subset = data.take(torch.arange(min(len(data), 2048)))
+    _, after = metrics.compare(original, module, subset, 256, next(module.parameters()).device)
+    return {"top1": after["top1"], "agreement": after["agreement"]}
+
+
 def _measure(
     program: torch.export.ExportedProgram,
-    new_program: torch.export.ExportedProgram,
-    original: fx.GraphModule,
+    module: torch.nn.Module,
     eval_data: cal.Samples,
     one: cal.Batch,
     batch: int,
     measure_latency: bool,
+    reference: torch.nn.Module,
 ) -> dict[str, Any]:
-    compressed = new_program.module()
-    before, after = metrics.compare(original, compressed, eval_data, batch, torch.device("cpu"))
-    out: dict[str, Any] = {}
-    for key, prog, module, acc in (
-        ("original", program, original, before),
-        ("compressed", new_program, compressed, after),
-    ):
-        latency = None
-        if measure_latency:
-            big = eval_data.batches(min(32, len(eval_data)))[0] if one[0].shape[0] == 1 else one
-            latency = {
-                f"batch_{one[0].shape[0]}": metrics.latency_ms(module, one, repeats=20),
-                f"batch_{big[0].shape[0]}": metrics.latency_ms(module, big, repeats=5),
-                "device": "cpu",
-            }
-        out[key] = {
-            "params": metrics.count_params(prog),
-            "flops": metrics.count_flops(module, one) / one[0].shape[0],
-            **acc,
-            "latency_ms": latency,
+    """Params, FLOPs, accuracy, agreement with ``reference`` and latency of one model."""
+    _, acc = metrics.compare(reference, module, eval_data, batch, torch.device("cpu"))
+    latency = None
+    if measure_latency:
+        big = eval_data.batches(min(32, len(eval_data)))[0] if one[0].shape[0] == 1 else one
+        latency = {
+            f"batch_{one[0].shape[0]}": metrics.latency_ms(module, one, repeats=20),
+            f"batch_{big[0].shape[0]}": metrics.latency_ms(module, big, repeats=5),
+            "device": "cpu",
         }
-    return out
+    return {
+        "params": metrics.count_params(program),
+        "flops": metrics.count_flops(module, one) / one[0].shape[0],
+        **acc,
+        "latency_ms": latency,
+    }

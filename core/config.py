@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from core.errors import ConfigError
+from core.recovery import RecoveryConfig, config_from
 
 CONFIG_VERSION = 1
 Method = Literal["spectral", "l1", "random"]
@@ -33,6 +34,8 @@ class CompressionConfig:
     - ``ridge``: tau = ridge * tr(S) / m, the ridge that keeps S_JJ invertible (dead ReLU units).
     - ``calibration_samples``: at most this many calibration samples are used (seeded draw).
     - ``device``: where statistics and selection run; ``auto`` takes CUDA when present.
+    - ``recovery``: fine-tuning or distillation after pruning (``RecoveryConfig`` or its dict form),
+      optionally in several prune -> recover stages.
     """
 
     method: Method = "spectral"
@@ -45,6 +48,7 @@ class CompressionConfig:
     calibration_samples: int = 1024
     device: Device = "auto"
     seed: int = 0
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     version: int = field(default=CONFIG_VERSION, compare=False)
 
     def __post_init__(self) -> None:
@@ -73,6 +77,9 @@ class CompressionConfig:
             raise ConfigError(f"ridge must be in (0, 1), got {self.ridge}")
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
+        object.__setattr__(self, "recovery", config_from(self.recovery))  # type: ignore[arg-type]
+        if self.recovery.stages > 1 and self.width_rule not in ("flops_ratio", "params_ratio"):
+            raise ConfigError("iterative recovery (stages > 1) needs a flops_ratio or params_ratio target")
 
     @property
     def width_rule(self) -> str:
