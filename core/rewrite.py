@@ -47,7 +47,10 @@ def reexport(
     dims = dynamic_dims(original)
     dynamic = tuple(d or None for d in dims) if any(dims) else None
     with torch.no_grad():
-        return torch.export.export(gm, example, dynamic_shapes=dynamic, strict=False)
+        program = torch.export.export(gm, example, dynamic_shapes=dynamic, strict=False)
+    # export keeps its example inputs inside the saved archive: never ship the user's data
+    program.example_inputs = (tuple(torch.zeros_like(x) for x in example), {})
+    return program
 
 
 def input_specs(program: torch.export.ExportedProgram) -> list[tuple[tuple[int | None, ...], torch.dtype]]:

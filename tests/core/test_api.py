@@ -198,3 +198,12 @@ def test_importing_core_pulls_in_neither_the_web_stack_nor_cuda() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_saved_output_carries_no_calibration_data(vgg, tmp_path) -> None:
+    program, x = vgg
+    result = compress(program, x, CompressionConfig(flops_ratio=0.5), measure_latency=False)
+    args, _ = result.program.example_inputs
+    assert all(float(a.abs().sum()) == 0.0 for a in args)
+    torch.export.save(result.program, tmp_path / "m.pt2")
+    assert (tmp_path / "m.pt2").stat().st_size < 2 * sum(v.numel() * 4 for v in result.program.state_dict.values()) + 200_000

@@ -1,0 +1,1 @@
+"""specprune service: the HTTP API, its database models, storage, settings and CLI."""

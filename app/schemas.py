@@ -1,0 +1,208 @@
+"""API schemas: the job's config (validated, unknown keys refused) and the job as the API shows it."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from app.models import Job, JobStatus
+
+WIDTH_RULES = ("flops_ratio", "params_ratio", "alpha", "widths")
+CORE_FIELDS = (
+    "method",
+    *WIDTH_RULES,
+    "theta",
+    "ridge",
+    "calibration_samples",
+    "device",
+    "seed",
+)
+OutputFormat = Literal["same", "pt2", "onnx", "torchscript"]
+
+
+# The `config` form field of POST /jobs: what to compress and how; unknown keys are refused.
+class JobConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["spectral", "l1", "random"] = "spectral"
+    flops_ratio: float | None = Field(default=None, gt=0, le=1)
+    params_ratio: float | None = Field(default=None, gt=0, le=1)
+    alpha: float | None = Field(default=None, gt=0, le=1)
+    widths: dict[str, int] | None = None
+    theta: float = Field(default=0.3, ge=0, le=1)
+    ridge: float = Field(default=1e-5, gt=0, lt=1)
+    calibration_samples: int = Field(default=1024, ge=1)
+    output_format: OutputFormat = "same"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+    @field_validator("flops_ratio", "params_ratio", "alpha", "theta", "ridge")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("widths")
+    @classmethod
+    def _positive_widths(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must name at least one layer group")
+            bad = sorted(name for name, width in value.items() if width < 1)
+            if bad:
+                raise ValueError(f"widths must be >= 1 (got {', '.join(bad)})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_width_rule(self) -> JobConfig:
+        given = [rule for rule in WIDTH_RULES if getattr(self, rule) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give exactly one of {', '.join(WIDTH_RULES)}; got {', '.join(given)}")
+        if not given:
+            self.flops_ratio = 0.5
+        self.to_core()  # core has the last word on what it can honour
+        return self
+
+    def core_dict(self) -> dict[str, Any]:
+        """The fields that form core's CompressionConfig (everything but ``output_format``)."""
+        return {name: getattr(self, name) for name in CORE_FIELDS}
+
+    def to_core(self) -> Any:
+        """core.CompressionConfig for this config (raises core's ConfigError, a ValueError)."""
+        from core.config import CompressionConfig
+
+        return CompressionConfig.from_dict(self.core_dict())
+
+
+# progress of a job: the stage it is in and how far through it (0..1)
+class JobProgress(BaseModel):
+    stage: str
+    fraction: float
+
+
+# the uploaded model: its name, detected format, content hash and size
+class ModelInfo(BaseModel):
+    filename: str
+    format: str | None
+    sha256: str
+    bytes: int
+
+
+# one side (original or compressed) of the result; null where not measured. latency_ms is the
+# single-sample latency; the report has every measured batch size.
+class ModelMetrics(BaseModel):
+    params: int | None = None
+    flops: float | None = None
+    top1: float | None = None
+    top5: float | None = None
+    agreement: float | None = None
+    latency_ms: float | None = None
+
+
+# one pruned layer group, with core's report names
+class LayerSummary(BaseModel):
+    name: str
+    width_before: int | None = None
+    width_after: int | None = None
+    dof: float | None = None
+    retained: float | None = None
+
+
+# the job's outcome summary; GET /jobs/{id}/report has core's full report
+class JobResult(BaseModel):
+    original: ModelMetrics
+    compressed: ModelMetrics
+    layers: list[LayerSummary]
+
+
+# why a job failed: a stable code and a message for people
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+# a job as the API returns it
+class JobPublic(BaseModel):
+    id: str
+    status: JobStatus
+    progress: JobProgress
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    config: JobConfig
+    model: ModelInfo
+    result: JobResult | None
+    error: JobError | None
+
+
+# one page of GET /jobs, newest first; pass next_after as ?after= for the next page
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_after: str | None
+
+
+# GET /healthz and /readyz bodies
+class HealthStatus(BaseModel):
+    status: Literal["ok", "ready"]
+    checks: dict[str, str] = Field(default_factory=dict)
+
+
+def summarise_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The job's ``result`` from core's report: both sides' metrics and the layer widths."""
+    layers = [
+        LayerSummary.model_validate({k: layer.get(k) for k in LayerSummary.model_fields}).model_dump()
+        for layer in report.get("layers") or []
+        if isinstance(layer, dict) and isinstance(layer.get("name"), str)
+    ]
+    return {
+        "original": _side(report.get("original")),
+        "compressed": _side(report.get("compressed")),
+        "layers": layers,
+    }
+
+
+def _side(data: Any) -> dict[str, Any]:
+    data = data if isinstance(data, dict) else {}
+    values = {k: data.get(k) for k in ModelMetrics.model_fields}
+    values["latency_ms"] = _scalar_latency(data.get("latency_ms"))
+    return ModelMetrics.model_validate(values).model_dump()
+
+
+def _scalar_latency(value: Any) -> float | None:
+    """core reports latency per batch size (``{"batch_1": ms, "batch_32": ms, "device": ...}``); the
+    job shows the smallest batch's."""
+    if value is None or isinstance(value, int | float):
+        return value
+    if isinstance(value, dict):
+        batches = []
+        for key, ms in value.items():
+            size = key.removeprefix("batch_")
+            if key.startswith("batch_") and size.isdigit() and isinstance(ms, int | float):
+                batches.append((int(size), float(ms)))
+        return min(batches)[1] if batches else None
+    return None
+
+
+def job_public(job: Job) -> JobPublic:
+    """The API view of a job row."""
+    return JobPublic(
+        id=job.id,
+        status=JobStatus(job.status),
+        progress=JobProgress(stage=job.stage, fraction=job.fraction),
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        config=JobConfig.model_construct(**job.config),
+        model=ModelInfo(
+            filename=job.model_filename,
+            format=job.model_format,
+            sha256=job.model_sha256,
+            bytes=job.model_bytes,
+        ),
+        result=JobResult.model_validate(job.result) if job.result else None,
+        error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+    )
