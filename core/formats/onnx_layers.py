@@ -1,0 +1,167 @@
+"""ONNX operators with weights as standard torch modules, so the exported program calls
+``aten.conv2d`` / ``aten.linear`` / ``aten.batch_norm`` / ``aten.layer_norm`` on parameters.
+
+Each node gets its own module (weights shared by several ONNX nodes are copied) named after its
+weight (``features.0.weight`` -> ``features.0``), so that pruning one layer never changes another and
+the report's layer names match the original model's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.formats.errors import UnsupportedFormatError
+from core.formats.onnx_graph import NodeSpec
+from core.formats.onnx_ops import Builder, OpContext, Runtime
+from core.formats.onnx_spatial import same_pads, torch_pads
+from core.formats.onnx_values import Value, to_tensor
+
+_CONVS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+class BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Inference batch norm over dimension 1 of an input of any rank >= 2 (ONNX
+    ``BatchNormalization``); forwards to ``F.batch_norm`` with the running statistics."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of rank >= 2, got rank {input.dim()}")
+
+
+def _parameter(array: np.ndarray) -> nn.Parameter:
+    return nn.Parameter(torch.from_numpy(np.ascontiguousarray(array).copy()), requires_grad=False)
+
+
+def _weight(node: NodeSpec, ctx: OpContext, index: int, what: str) -> np.ndarray | None:
+    """The constant at input ``index`` (``None`` when the input is absent)."""
+    if len(node.inputs) <= index or not node.inputs[index]:
+        return None
+    value = ctx.constant(node.inputs[index])
+    if value is None:
+        raise UnsupportedFormatError(
+            f"the ONNX {node.op_type} {node.name!r} computes its {what} at run time."
+        )
+    return value
+
+
+def layer_name(*candidates: str) -> str:
+    """The module path for a layer: its weight's name without ``.weight`` (or bias without
+    ``.bias``; ``_weight``/``_bias`` as in ``attn.in_proj_bias``), else the first non-empty candidate."""
+    for name in candidates:
+        for suffix in (".weight", ".bias", "_weight", "_bias"):
+            if name.endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)]
+    return next((c for c in candidates if c), "layer")
+
+
+def _conv(node: NodeSpec, ctx: OpContext) -> Runtime:
+    weight = _weight(node, ctx, 1, "weight")
+    assert weight is not None
+    bias = _weight(node, ctx, 2, "bias")
+    rank = weight.ndim - 2
+    if rank not in _CONVS:
+        raise UnsupportedFormatError(f"the ONNX Conv {node.name!r} is {rank}-D; 1-D to 3-D are supported.")
+    groups = int(node.attrs.get("group", 1))
+    kernel = list(weight.shape[2:])
+    strides = list(node.attrs.get("strides", [1] * rank))
+    dilations = list(node.attrs.get("dilations", [1] * rank))
+    pads = list(node.attrs.get("pads", [0] * (2 * rank)))
+    auto_pad = str(node.attrs.get("auto_pad", "NOTSET"))
+    if auto_pad != "NOTSET":
+        pads = [0] * (2 * rank)
+    symmetric = pads[:rank] == pads[rank:]
+    conv = _CONVS[rank](
+        weight.shape[1] * groups,
+        weight.shape[0],
+        kernel,
+        strides,
+        pads[:rank] if symmetric else 0,
+        dilations,
+        groups,
+        bias is not None,
+    )
+    conv.weight = _parameter(weight)
+    if bias is not None:
+        conv.bias = _parameter(bias)
+    module = ctx.add_layer(
+        layer_name(node.inputs[1], node.inputs[2] if bias is not None else "", node.name), conv
+    )
+
+    def run(x_value: Value) -> Value:
+        x = to_tensor(x_value)
+        if auto_pad.startswith("SAME"):
+            x = F.pad(x, torch_pads(same_pads(auto_pad, x.shape[2:], kernel, strides, dilations)))
+        elif not symmetric:
+            x = F.pad(x, torch_pads(pads))
+        return module(x)
+
+    return lambda inputs: [run(inputs[0])]
+
+
+def _linear(node: NodeSpec, ctx: OpContext) -> Runtime:
+    """A fused ``Gemm`` / ``MatMul`` + ``Add`` (see :func:`core.formats.onnx_graph.fuse_linear`)."""
+    weight: np.ndarray = node.attrs["weight"]
+    bias: np.ndarray | None = node.attrs["bias"]
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    linear.weight = _parameter(weight)
+    if bias is not None:
+        linear.bias = _parameter(bias)
+    module = ctx.add_layer(layer_name(node.attrs["weight_name"], node.attrs["bias_name"], node.name), linear)
+    return lambda inputs: [module(to_tensor(inputs[0]))]
+
+
+def _batch_norm(node: NodeSpec, ctx: OpContext) -> Runtime:
+    if node.attrs.get("training_mode", 0):
+        raise UnsupportedFormatError(f"the ONNX BatchNormalization {node.name!r} is in training mode.")
+    if any(node.outputs[1:]):
+        raise UnsupportedFormatError(f"the ONNX BatchNormalization {node.name!r} returns running statistics.")
+    scale, shift, mean, var = (_weight(node, ctx, i, "statistics") for i in (1, 2, 3, 4))
+    assert scale is not None and shift is not None and mean is not None and var is not None
+    norm = BatchNorm(scale.shape[0], eps=float(node.attrs.get("epsilon", 1e-5)))
+    norm.weight = _parameter(scale)
+    norm.bias = _parameter(shift)
+    norm.running_mean = torch.from_numpy(mean.astype(scale.dtype).copy())
+    norm.running_var = torch.from_numpy(var.astype(scale.dtype).copy())
+    norm.eval()
+    module = ctx.add_layer(layer_name(node.inputs[1], node.inputs[2], node.name), norm)
+    return lambda inputs: [module(to_tensor(inputs[0]))]
+
+
+def _layer_norm(node: NodeSpec, ctx: OpContext) -> Runtime:
+    if any(node.outputs[1:]):
+        raise UnsupportedFormatError(f"the ONNX LayerNormalization {node.name!r} returns its statistics.")
+    scale = _weight(node, ctx, 1, "scale")
+    assert scale is not None
+    shift = _weight(node, ctx, 2, "bias")
+    axis = int(node.attrs.get("axis", -1))
+    norm = nn.LayerNorm(
+        tuple(scale.shape), eps=float(node.attrs.get("epsilon", 1e-5)), bias=shift is not None
+    )
+    norm.weight = _parameter(scale)
+    if shift is not None:
+        norm.bias = _parameter(shift)
+    module = ctx.add_layer(
+        layer_name(node.inputs[1], node.inputs[2] if shift is not None else "", node.name), norm
+    )
+
+    def run(x_value: Value) -> Value:
+        x = to_tensor(x_value)
+        normalized = tuple(x.shape[axis % x.dim() :])
+        if normalized == tuple(scale.shape):
+            return module(x)
+        weight = module.weight.expand(normalized)
+        bias = module.bias.expand(normalized) if module.bias is not None else None
+        return F.layer_norm(x, normalized, weight, bias, module.eps)
+
+    return lambda inputs: [run(inputs[0])]
+
+
+LAYER_OPS: dict[str, Builder] = {
+    "Conv": _conv,
+    "Linear": _linear,
+    "BatchNormalization": _batch_norm,
+    "LayerNormalization": _layer_norm,
+}

@@ -1,0 +1,216 @@
+"""The ONNX converter on hand-built graphs in the styles real exporters write.
+
+``load_model`` checks every conversion against onnxruntime (at two batch sizes when the batch is
+dynamic), so a passing load is already a numerical check; these tests add what the program looks like.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from core.errors import CalibrationError
+from core.formats import ExampleInputRequiredError, LoadedModel, UnsupportedFormatError, load_model
+
+RNG = np.random.default_rng(0)
+
+
+def _weight(name: str, *shape: int) -> onnx.TensorProto:
+    return numpy_helper.from_array((RNG.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+
+def _ints(name: str, values: list[int]) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(values, dtype=np.int64), name)
+
+
+def _scalar(name: str, value: float) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+
+
+def _load(
+    tmp_path: Path,
+    nodes: list[onnx.NodeProto],
+    inputs: list[onnx.ValueInfoProto],
+    initializers: list[onnx.TensorProto],
+    opset: int,
+    example: torch.Tensor | None = None,
+) -> LoadedModel:
+    output = helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "test", inputs, [output], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    path = tmp_path / "model.bin"
+    path.write_bytes(model.SerializeToString())
+    return load_model(path, example_input=example)
+
+
+def _targets(loaded: LoadedModel) -> set[object]:
+    return {n.target for n in loaded.program.graph.nodes if n.op == "call_function"}
+
+
+def test_cnn_in_legacy_exporter_style(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], pads=[1, 1, 2, 2], strides=[1, 1]
+        ),
+        helper.make_node(
+            "BatchNormalization", ["c1", "bn1.weight", "bn1.bias", "bn1.mean", "bn1.var"], ["b1"]
+        ),
+        helper.make_node("Relu", ["b1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p1", "conv2.weight"], ["c2"], group=2, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c2", "zero", "six"], ["r2"]),
+        helper.make_node("HardSwish", ["r2"], ["h2"]),
+        helper.make_node("GlobalAveragePool", ["h2"], ["g"]),
+        helper.make_node("Shape", ["g"], ["shape"]),
+        helper.make_node("Gather", ["shape", "index0"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"]),
+        helper.make_node("Concat", ["batch1", "minus_one"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["g", "flat_shape"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc.weight", "fc.bias"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    initializers = [
+        _weight("conv1.weight", 8, 3, 3, 3),
+        _weight("conv1.bias", 8),
+        _weight("bn1.weight", 8),
+        _weight("bn1.bias", 8),
+        _weight("bn1.mean", 8),
+        numpy_helper.from_array(RNG.uniform(0.5, 1.5, 8).astype(np.float32), "bn1.var"),
+        _weight("conv2.weight", 8, 4, 3, 3),
+        _scalar("zero", 0.0),
+        _scalar("six", 6.0),
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "index0"),
+        _ints("axis0", [0]),
+        _ints("minus_one", [-1]),
+        _weight("fc.weight", 5, 8),
+        _weight("fc.bias", 5),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=14)
+
+    assert loaded.input_shape == (None, 3, 16, 16) and loaded.output_shape == (None, 5)
+    aten = torch.ops.aten
+    assert {
+        aten.conv2d.default,
+        aten.batch_norm.default,
+        aten.linear.default,
+        aten.relu6.default,
+    } <= _targets(loaded)
+    assert {"conv1.weight", "conv2.weight", "bn1.weight", "fc.weight", "fc.bias"} <= set(
+        loaded.program.graph_signature.parameters
+    )
+    assert {"bn1.running_mean", "bn1.running_var"} <= set(loaded.program.graph_signature.buffers)
+
+
+def test_transformer_mlp_with_matmul_bias_and_erf_gelu(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "ln.weight", "ln.bias"], ["n"], axis=-1, epsilon=1e-5),
+        helper.make_node("MatMul", ["n", "w1"], ["m1"]),
+        helper.make_node("Add", ["m1", "mlp.fc1.bias"], ["a1"]),
+        helper.make_node("Div", ["a1", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["e1"]),
+        helper.make_node("Mul", ["a1", "e1"], ["g0"]),
+        helper.make_node("Mul", ["g0", "half"], ["g"]),
+        helper.make_node("MatMul", ["g", "w2"], ["m2"]),
+        helper.make_node("Add", ["mlp.fc2.bias", "m2"], ["a2"]),
+        helper.make_node("Add", ["x", "a2"], ["res"]),
+        helper.make_node("Transpose", ["res"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("ReduceMean", ["t"], ["pooled"], axes=[2], keepdims=0),
+        helper.make_node("Softmax", ["pooled"], ["out"], axis=-1),
+    ]
+    initializers = [
+        _weight("ln.weight", 16),
+        _weight("ln.bias", 16),
+        _weight("w1", 16, 32),
+        _weight("mlp.fc1.bias", 32),
+        _scalar("sqrt2", 2.0**0.5),
+        _scalar("one", 1.0),
+        _scalar("half", 0.5),
+        _weight("w2", 32, 16),
+        _weight("mlp.fc2.bias", 16),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6, 16])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=17)
+
+    targets = _targets(loaded)
+    assert torch.ops.aten.gelu.default in targets and torch.ops.aten.erf.default not in targets
+    linears = [n for n in loaded.program.graph.nodes if n.target is torch.ops.aten.linear.default]
+    assert len(linears) == 2 and all(len(n.args) == 3 for n in linears)  # bias fused into the linear
+    parameters = set(loaded.program.graph_signature.parameters)
+    assert {"mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias", "ln.weight"} <= parameters
+    assert loaded.dynamic_batch
+
+
+def test_resize_pad_and_pooling(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node("Pad", ["x", "pads"], ["padded"], mode="reflect"),
+        helper.make_node(
+            "AveragePool", ["padded"], ["avg"], kernel_shape=[3, 3], count_include_pad=1, pads=[1, 1, 1, 1]
+        ),
+        helper.make_node("Resize", ["avg", "", "scales"], ["up"], mode="nearest"),
+        helper.make_node("Sigmoid", ["up"], ["gate"]),
+        helper.make_node("Tanh", ["up"], ["value"]),
+        helper.make_node("Mul", ["gate", "value"], ["mixed"]),
+        helper.make_node("Concat", ["mixed", "up"], ["both"], axis=1),
+        helper.make_node("Flatten", ["both"], ["out"], axis=1),
+    ]
+    initializers = [
+        _ints("pads", [0, 0, 1, 1, 0, 0, 1, 1]),
+        numpy_helper.from_array(np.array([1, 1, 2, 2], dtype=np.float32), "scales"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 5, 5])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=13)
+    assert loaded.output_shape == (None, 4 * 14 * 14)
+
+
+def test_unsupported_operators_are_named(tmp_path: Path) -> None:
+    nodes = [
+        helper.make_node("TopK", ["x", "k"], ["values", "indices"]),
+        helper.make_node("NonZero", ["values"], ["out"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    with pytest.raises(UnsupportedFormatError, match="NonZero, TopK"):
+        _load(tmp_path, nodes, [x], [_ints("k", [2])], opset=13)
+
+
+def test_custom_domain_is_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("FusedGemm", ["x", "x"], ["y"], domain="com.microsoft")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13), helper.make_opsetid("com.microsoft", 1)]
+    )
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model.SerializeToString())
+    with pytest.raises(UnsupportedFormatError, match=r"com\.microsoft"):
+        load_model(path)
+
+
+def _linear_model_nodes() -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    return [helper.make_node("MatMul", ["x", "w"], ["out"])], [_weight("w", 8, 4)]
+
+
+def test_example_must_fit_static_dimensions(tmp_path: Path) -> None:
+    nodes, initializers = _linear_model_nodes()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])
+    with pytest.raises(CalibrationError, match=r"takes shape \(N, 8\)"):
+        _load(tmp_path, nodes, [x], initializers, opset=13, example=torch.randn(4, 9))
+
+
+def test_symbolic_feature_dimensions_need_an_example(tmp_path: Path) -> None:
+    nodes, initializers = _linear_model_nodes()
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "seq", 8])
+    with pytest.raises(ExampleInputRequiredError):
+        _load(tmp_path, nodes, [x], initializers, opset=13)
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=13, example=torch.randn(2, 5, 8))
+    assert loaded.input_shape == (None, None, 8)
