@@ -25,14 +25,24 @@ from core import CompressionConfig, compress
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def cifar_tensors(calibration: int, evaluation: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def cifar_tensors(
+    calibration: int, evaluation: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(calibration images from train, test images, test labels), normalised NCHW float32."""
     x_train, _ = load_cifar10("train")
     x_test, y_test = load_cifar10("test")
-    pick = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:calibration].sort().values
+    pick = (
+        torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:calibration]
+        .sort()
+        .values
+    )
     calib = normalize(x_train[pick.numpy()])
     # the test split is ordered by class: evaluate on a seeded draw, never on its head
-    test = torch.randperm(len(x_test), generator=torch.Generator().manual_seed(seed + 1))[:evaluation].sort().values
+    test = (
+        torch.randperm(len(x_test), generator=torch.Generator().manual_seed(seed + 1))[:evaluation]
+        .sort()
+        .values
+    )
     return calib, normalize(x_test[test.numpy()]), torch.from_numpy(y_test[test.numpy()].copy())
 
 
@@ -40,7 +50,9 @@ def export(model: torch.nn.Module, example: torch.Tensor) -> torch.export.Export
     return torch.export.export(model.eval(), (example[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
 
 
-def run_one(program: Any, calib: torch.Tensor, evaluation: tuple, config: CompressionConfig) -> dict[str, Any]:
+def run_one(
+    program: Any, calib: torch.Tensor, evaluation: tuple, config: CompressionConfig
+) -> dict[str, Any]:
     start = time.perf_counter()
     report = compress(program, calib, config, evaluation=evaluation, measure_latency=False).report
     return {
@@ -54,16 +66,29 @@ def run_one(program: Any, calib: torch.Tensor, evaluation: tuple, config: Compre
     }
 
 
-def bench_model(name: str, ratios: list[float], calib: torch.Tensor, evaluation: tuple, theta: float, ridge: float) -> list[dict]:
-    model, meta = load_checkpoint(name)
+def bench_model(
+    name: str, ratios: list[float], calib: torch.Tensor, evaluation: tuple, theta: float, ridge: float
+) -> list[dict]:
+    model, _ = load_checkpoint(name)
     program = export(model, calib)
     rows = []
     for ratio in ratios:
-        spectral = run_one(program, calib, evaluation, CompressionConfig(flops_ratio=ratio, theta=theta, ridge=ridge))
-        row: dict[str, Any] = {"model": name, "ratio": ratio, "original": spectral["original_top1"], "spectral": spectral}
+        spectral = run_one(
+            program, calib, evaluation, CompressionConfig(flops_ratio=ratio, theta=theta, ridge=ridge)
+        )
+        row: dict[str, Any] = {
+            "model": name,
+            "ratio": ratio,
+            "original": spectral["original_top1"],
+            "spectral": spectral,
+        }
         for method in ("l1", "random"):
-            row[f"{method}_same_widths"] = run_one(program, calib, evaluation, CompressionConfig(method=method, widths=spectral["widths"]))
-            row[f"{method}_own"] = run_one(program, calib, evaluation, CompressionConfig(method=method, flops_ratio=ratio))
+            row[f"{method}_same_widths"] = run_one(
+                program, calib, evaluation, CompressionConfig(method=method, widths=spectral["widths"])
+            )
+            row[f"{method}_own"] = run_one(
+                program, calib, evaluation, CompressionConfig(method=method, flops_ratio=ratio)
+            )
         rows.append(row)
         print(markdown_row(row), flush=True)
     return rows
@@ -79,7 +104,12 @@ def markdown_row(row: dict[str, Any]) -> str:
     def pct(x: float | None) -> str:
         return "–" if x is None else f"{100 * x:.1f}"
 
-    cells = [row["model"], f"{row['spectral']['flops_kept']:.3f}", pct(row["original"]), pct(row["spectral"]["top1"])]
+    cells = [
+        row["model"],
+        f"{row['spectral']['flops_kept']:.3f}",
+        pct(row["original"]),
+        pct(row["spectral"]["top1"]),
+    ]
     cells += [pct(row[k]["top1"]) for k in ("l1_same_widths", "random_same_widths", "l1_own", "random_own")]
     return "| " + " | ".join(cells) + " |"
 
@@ -102,7 +132,9 @@ def main() -> None:
     for name in args.models:
         rows += bench_model(name, args.ratios, calib, (x_test, y_test), args.theta, args.ridge)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+    args.out.write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+    )
 
 
 if __name__ == "__main__":
