@@ -206,4 +206,6 @@ def test_saved_output_carries_no_calibration_data(vgg, tmp_path) -> None:
     args, _ = result.program.example_inputs
     assert all(float(a.abs().sum()) == 0.0 for a in args)
     torch.export.save(result.program, tmp_path / "m.pt2")
-    assert (tmp_path / "m.pt2").stat().st_size < 2 * sum(v.numel() * 4 for v in result.program.state_dict.values()) + 200_000
+    assert (tmp_path / "m.pt2").stat().st_size < 2 * sum(
+        v.numel() * 4 for v in result.program.state_dict.values()
+    ) + 200_000
