@@ -30,6 +30,7 @@ from core.graph import ChannelGroup, GraphAnalysis, analyse
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.recovery import recover
 from core.selection import consumer_gram, greedy_select, losses, refit_map
+from core.sequential import sequential_refit
 
 Progress = Callable[[str, float], None]
 DOF_LAMBDA = 1e-3  # N(lambda) is reported at lambda = 1e-3 tr S: directions above 0.1% of the energy
@@ -322,13 +323,28 @@ def _prune(
     kept = _select(config, gm, analysis, prunable, stats, chosen, clock)
 
     clock.stage("reconstruction")
-    refits = _refits(prunable, stats, kept, config.ridge) if config.method == "spectral" else {}
     space_widths = _space_widths(prunable, chosen)
     layers = [
         _layer_entry(g, stats[g.name], grams[g.name], kept.get(g.spaces[0]), chosen[g.name]) for g in prunable
     ]
-    assign(gm, pruned_tensors(gm, analysis, kept, refits))
-    rewrite.patch_shapes(gm, analysis, space_widths)
+    if config.method == "spectral" and config.refit == "sequential":
+        original = program.module().to(device)
+        on_device = [tuple(x.to(device) for x in b) for b in batches]
+        sequential_refit(
+            gm.to(device),
+            original,
+            analysis,
+            prunable,
+            kept,
+            on_device,
+            config.ridge,
+            lambda i, n: clock.report(i / n),
+        )
+        gm.cpu()
+    else:
+        refits = _refits(prunable, stats, kept, config.ridge) if config.method == "spectral" else {}
+        assign(gm, pruned_tensors(gm, analysis, kept, refits))
+        rewrite.patch_shapes(gm, analysis, space_widths)
 
     clock.stage("export")
     example = data.batches(max(2, cal.batch_size(specs, 2)))[0]
@@ -393,6 +409,13 @@ def compress(
         metrics.check_labels(original, eval_data.batches(2)[0], eval_data.labels)
     train_data = _samples(training, specs, "training") or data
 
+    clock.stage("evaluate")
+    eval_batch = cal.batch_size(specs, 256)
+    if cal.batch_size(specs, 0):  # a static batch dim: evaluate on whole batches only
+        eval_data = eval_data.take(torch.arange(max(eval_batch, len(eval_data) // eval_batch * eval_batch)))
+    reference = metrics.predict(original, eval_data, eval_batch, torch.device("cpu"))
+    quick_data = eval_data.take(torch.arange(min(len(eval_data), 8 * eval_batch)))
+    quick_reference = reference[: -(-len(quick_data) // eval_batch)]
     current, pruned, curve = program, None, []
     stages = config.recovery.stages
     for stage in range(stages):
@@ -409,7 +432,7 @@ def compress(
                 device=device,
                 seed=config.seed,
                 progress=clock.report,
-                evaluate=lambda m: _quick_eval(m, original, eval_data),
+                evaluate=lambda m: _quick_eval(m, quick_reference, quick_data),
                 checkpoint_dir=checkpoint_dir / f"stage{stage}" if checkpoint_dir else None,
                 fingerprint=json.dumps(config.to_dict(), sort_keys=True),
             )
@@ -421,18 +444,15 @@ def compress(
     assert pruned is not None
 
     clock.stage("evaluate")
-    batch = pruned.report["calibration"]["batch_size"]
     one = _single(data, specs)
-    report: dict[str, Any] = {
-        "original": _measure(program, original, eval_data, one, batch, measure_latency, original)
-    }
-    report["compressed"] = _measure(
-        pruned.program, pruned.program.module(), eval_data, one, batch, measure_latency, original
-    )
+
+    def measure(p: torch.export.ExportedProgram, module: torch.nn.Module) -> dict[str, Any]:
+        return _measure(p, module, eval_data, one, eval_batch, measure_latency, reference)
+
+    report: dict[str, Any] = {"original": measure(program, original)}
+    report["compressed"] = measure(pruned.program, pruned.program.module())
     if config.recovery.enabled:
-        report["recovered"] = _measure(
-            current, current.module(), eval_data, one, batch, measure_latency, original
-        )
+        report["recovered"] = measure(current, current.module())
         report["training_curve"] = curve
     clock.stage("")
     report |= pruned.report | {
@@ -497,10 +517,10 @@ def _single(data: cal.Samples, specs: list) -> cal.Batch:
     return data.batches(cal.batch_size(specs, 1))[0]
 
 
-def _quick_eval(module: torch.nn.Module, original: torch.nn.Module, data: cal.Samples) -> dict[str, Any]:
+def _quick_eval(module: torch.nn.Module, reference: list[torch.Tensor], data: cal.Samples) -> dict[str, Any]:
     """Accuracy and agreement during recovery, on at most 2,048 evaluation samples."""
-    subset = data.take(torch.arange(min(len(data), 2048)))
-    _, after = metrics.compare(original, module, subset, 256, next(module.parameters()).device)
+    batch = reference[0].shape[0] if reference else 1
+    after = metrics.score(module, reference, data, batch, next(module.parameters()).device)
     return {"top1": after["top1"], "agreement": after["agreement"]}
 
 
@@ -511,10 +531,10 @@ def _measure(
     one: cal.Batch,
     batch: int,
     measure_latency: bool,
-    reference: torch.nn.Module,
+    reference: list[torch.Tensor],
 ) -> dict[str, Any]:
-    """Params, FLOPs, accuracy, agreement with ``reference`` and latency of one model."""
-    _, acc = metrics.compare(reference, module, eval_data, batch, torch.device("cpu"))
+    """Params, FLOPs, accuracy, agreement with the original's ``reference`` outputs, and latency."""
+    acc = metrics.score(module, reference, eval_data, batch, torch.device("cpu"))
     latency = None
     if measure_latency:
         big = eval_data.batches(min(32, len(eval_data)))[0] if one[0].shape[0] == 1 else one

@@ -12,6 +12,7 @@ from core.recovery import RecoveryConfig, config_from
 CONFIG_VERSION = 1
 Method = Literal["spectral", "l1", "random"]
 Device = Literal["auto", "cpu", "cuda"]
+Refit = Literal["sequential", "independent"]
 METHODS: tuple[str, ...] = ("spectral", "l1", "random")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 WIDTH_RULES: tuple[str, ...] = ("flops_ratio", "params_ratio", "alpha", "widths")
@@ -32,6 +33,9 @@ class CompressionConfig:
     - ``theta``: weight of the input-aware loss L_A against the output-aware loss L_B (0.3, the
       reference implementation's value, pending the benchmark sweep).
     - ``ridge``: tau = ridge * tr(S) / m, the ridge that keeps S_JJ invertible (dead ReLU units).
+    - ``refit``: ``sequential`` re-fits each consumer to the already-pruned network upstream (one
+      partial forward pass per pruned group); ``independent`` uses the original network's statistics
+      only (one pass in all, the paper's form).
     - ``calibration_samples``: at most this many calibration samples are used (seeded draw).
     - ``device``: where statistics and selection run; ``auto`` takes CUDA when present.
     - ``recovery``: fine-tuning or distillation after pruning (``RecoveryConfig`` or its dict form),
@@ -45,6 +49,7 @@ class CompressionConfig:
     widths: dict[str, int] | None = None
     theta: float = 0.3
     ridge: float = 1e-5
+    refit: Refit = "sequential"
     calibration_samples: int = 1024
     device: Device = "auto"
     seed: int = 0
@@ -59,6 +64,8 @@ class CompressionConfig:
             object.__setattr__(self, "flops_ratio", 0.5)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.refit not in ("sequential", "independent"):
+            raise ConfigError(f"refit must be sequential or independent, got {self.refit!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         for name in ("flops_ratio", "params_ratio"):

@@ -49,12 +49,13 @@ class Layout:
     def moved(self, axis: int) -> Layout:
         return replace(self, axis=axis)
 
-    def offsets(self) -> list[tuple[Segment, int]]:
-        """Each segment with the column where it starts."""
+    def offsets(self, widths: dict[int, int] | None = None) -> list[tuple[Segment, int]]:
+        """Each segment with the column where it starts (spaces in ``widths`` already narrowed)."""
         out, start = [], 0
         for seg in self.segments:
             out.append((seg, start))
-            start += seg.columns
+            length = widths.get(seg.space, seg.length) if widths and seg.space != FIXED else seg.length
+            start += length * seg.block
         return out
 
     def columns_for(self, widths: dict[int, int]) -> int:

@@ -82,21 +82,27 @@ class Agreement:
         }
 
 
-def compare(
-    original: nn.Module, compressed: nn.Module, data: Samples, batch: int, device: torch.device
-) -> tuple[dict[str, float | None], dict[str, float | None]]:
-    """Accuracy of both models on ``data`` and the compressed model's agreement with the original."""
-    before, after = Agreement(), Agreement()
-    labels = data.labels.split(batch) if data.labels is not None else [None] * len(data.batches(batch))
+def _logits(out: torch.Tensor | tuple | list) -> torch.Tensor:
+    out = out[0] if isinstance(out, tuple | list) else out
+    return out.detach().float().cpu()
+
+
+def predict(module: nn.Module, data: Samples, batch: int, device: torch.device) -> list[torch.Tensor]:
+    """The model's outputs on ``data``, batch by batch (kept on the CPU)."""
     with torch.no_grad():
-        for inputs, y in zip(data.batches(batch), labels, strict=True):
-            inputs = tuple(x.to(device) for x in inputs)
-            ref = original(*inputs)
-            out = compressed(*inputs)
-            ref, out = (ref[0], out[0]) if isinstance(ref, tuple | list) else (ref, out)
-            before.update(ref, ref, y)
-            after.update(out, ref, y)
-    return before.summary(), after.summary()
+        return [_logits(module(*(x.to(device) for x in inputs))) for inputs in data.batches(batch)]
+
+
+def score(
+    module: nn.Module, reference: list[torch.Tensor], data: Samples, batch: int, device: torch.device
+) -> dict[str, float | None]:
+    """Accuracy of ``module`` on ``data`` and its agreement with the ``reference`` outputs."""
+    acc = Agreement()
+    labels = data.labels.split(batch) if data.labels is not None else [None] * len(reference)
+    with torch.no_grad():
+        for inputs, ref, y in zip(data.batches(batch), reference, labels, strict=True):
+            acc.update(_logits(module(*(x.to(device) for x in inputs))), ref, y)
+    return acc.summary()
 
 
 def check_labels(module: nn.Module, example: Batch, labels: torch.Tensor) -> int:

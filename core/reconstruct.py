@@ -18,10 +18,14 @@ Kept = dict[int, torch.Tensor]  # space -> sorted kept indices (absent: keeps ev
 Refits = dict[tuple[str, int], torch.Tensor]  # (consumer weight, space) -> A_J (m x k)
 
 
-def _edit_axis(t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits) -> torch.Tensor:
+def _edit_axis(
+    t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits, done: dict[int, int]
+) -> torch.Tensor:
+    """Edit one axis for the spaces in ``kept``; spaces in ``done`` were narrowed by an earlier call."""
     pieces = []
-    for seg, offset in pa.layout.offsets():
-        part = t.narrow(pa.axis, offset, seg.columns)
+    for seg, offset in pa.layout.offsets(done):
+        length = done.get(seg.space, seg.length) if seg.space != FIXED else seg.length
+        part = t.narrow(pa.axis, offset, length * seg.block)
         keep = kept.get(seg.space) if seg.space != FIXED else None
         if keep is None:
             pieces.append(part)
@@ -46,9 +50,14 @@ def _apply_refit(part: torch.Tensor, axis: int, a: torch.Tensor, block: int) -> 
 
 
 def pruned_tensors(
-    gm: fx.GraphModule, analysis: GraphAnalysis, kept: Kept, refits: Refits
+    gm: fx.GraphModule,
+    analysis: GraphAnalysis,
+    kept: Kept,
+    refits: Refits,
+    done: dict[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The new value of every parameter or buffer that changes."""
+    """The new value of every parameter or buffer that changes when the spaces in ``kept`` keep those
+    channels. ``done`` gives the widths of spaces an earlier call already narrowed (a group at a time)."""
     state = dict(gm.named_parameters()) | dict(gm.named_buffers())
     by_target: dict[str, list[ParamAxis]] = {}
     for pa in analysis.param_axes:
@@ -59,7 +68,7 @@ def pruned_tensors(
         for target, axes in by_target.items():
             t = state[target].detach()
             for pa in sorted(axes, key=lambda p: p.axis):
-                t = _edit_axis(t, pa, kept, refits)
+                t = _edit_axis(t, pa, kept, refits, done or {})
             out[target] = t.contiguous()
     return out
 

@@ -44,3 +44,13 @@ def test_spectral_beats_l1_and_random_at_half_the_flops(cifar) -> None:
     assert top1["spectral"] > original - 0.08, top1
     assert top1["spectral"] > top1["l1"] + 0.3, top1
     assert top1["spectral"] > top1["random"] + 0.3, top1
+
+
+def test_sequential_refit_beats_independent_at_a_quarter_of_the_flops(cifar) -> None:
+    program, calib, x_test, y_test = cifar
+    top1 = {}
+    for refit in ("independent", "sequential"):
+        config = CompressionConfig(flops_ratio=0.25, refit=refit)
+        report = compress(program, calib, config, evaluation=(x_test, y_test), measure_latency=False).report
+        top1[refit] = report["compressed"]["top1"]
+    assert top1["sequential"] > top1["independent"] + 0.03, top1
