@@ -2,8 +2,7 @@
 
 Observers are spliced into a copy of the graph right after each observed node; every batch adds
 ``X^T X`` for the channels of each space found there, so memory is ``O(sum m^2)`` whatever the
-calibration size. Products run in float64 on CPU; on CUDA in float32 (TF32 off) per batch, accumulated
-in float64.
+calibration size. Each batch's product runs in float32 (TF32 off), the running sum is float64.
 """
 
 from __future__ import annotations
@@ -53,8 +52,7 @@ def _observer(obs: Observation, store: dict[tuple[str, int], Moments]) -> Callab
         for seg, offset in obs.layout.offsets():
             if seg.space == FIXED or seg.space not in obs.spaces:
                 continue
-            x = _rows(t.detach(), obs.layout, offset, seg.length, seg.block)
-            x = x.double() if x.device.type == "cpu" else x.float()
+            x = _rows(t.detach(), obs.layout, offset, seg.length, seg.block).float()
             key = (obs.node, seg.space)
             m = store.get(key)
             if m is None:

@@ -18,9 +18,13 @@ GroupWidths = dict[str, int]
 
 
 def for_alpha(groups: list[ChannelGroup], retained: dict[str, np.ndarray], alpha: float) -> GroupWidths:
-    """Per group, the smallest k >= 1 with ``retained[k] >= alpha`` (``retained[k]``: ratio kept by k)."""
+    """Per group, the smallest k >= 1 with ``retained[k] >= alpha`` (``retained[k]``: ratio kept by k).
+    ``alpha = 1`` keeps every channel, even ones the data never excites."""
     out = {}
     for g in groups:
+        if alpha >= 1.0:
+            out[g.name] = g.size
+            continue
         reached = retained[g.name][1:] >= alpha - 1e-12
         out[g.name] = int(np.argmax(reached)) + 1 if reached.any() else g.size
     return out

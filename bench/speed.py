@@ -1,0 +1,123 @@
+"""Speed of the analysis: wall time of each stage against one plain forward pass over the same data.
+
+    python -m bench.speed --model vgg16_bn --size 32 --samples 1024            # CPU, CIFAR-sized VGG-16-BN
+    python -m bench.speed --model vgg16_bn_imagenet --size 224 --samples 4096 --device cuda   # bench/gpu.sh
+
+Weights are random (with non-trivial BatchNorm statistics) and inputs synthetic: speed does not depend on
+them. Writes ``bench/results/speed-<device>-<model>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from torch import nn
+
+from bench.models import build_model
+from bench.quality import RESULTS
+from core import CompressionConfig, compress
+
+
+def vgg16_bn_imagenet() -> nn.Module:
+    """VGG-16 with BatchNorm at 224x224 (Simonyan & Zisserman 2015): 13 conv + 3 FC, 1000 classes."""
+    layers: list[nn.Module] = []
+    c = 3
+    for v in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"):
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.BatchNorm2d(int(v)), nn.ReLU(inplace=True)]
+            c = int(v)
+    head = [nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(True)]
+    return nn.Sequential(*layers, nn.Flatten(), *head, nn.Dropout(), nn.Linear(4096, 1000))
+
+
+def build(name: str) -> nn.Module:
+    model = vgg16_bn_imagenet() if name == "vgg16_bn_imagenet" else build_model(name)
+    gen = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=gen))
+    return model.eval()
+
+
+def forward_seconds(module: nn.Module, x: torch.Tensor, batch: int, device: torch.device) -> float:
+    """One plain forward pass over ``x`` (host to device copies included, as in the analysis)."""
+    module.to(device)
+    with torch.no_grad():
+        module(x[:batch].to(device))  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(0, len(x), batch):
+            module(x[i : i + batch].to(device, non_blocking=True))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg16_bn")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ratio", type=float, default=0.5)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    x = torch.randn(args.samples, 3, args.size, args.size)
+    model = build(args.model)
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    plain = forward_seconds(program.module(), x, args.batch, device)
+    rows = {"forward": plain}
+    for refit in ("independent", "sequential"):
+        config = CompressionConfig(
+            flops_ratio=args.ratio,
+            refit=refit,
+            calibration_samples=args.samples,
+            device="cuda" if device.type == "cuda" else "cpu",
+        )
+        start = time.perf_counter()
+        report = compress(
+            program, x, config, evaluation=(x[: args.batch], None), measure_latency=False
+        ).report
+        total = time.perf_counter() - start
+        stages = {k: v for k, v in report["timings"].items() if k != "evaluate"}
+        analysis = sum(stages.values())
+        rows[refit] = {
+            "stages": stages,
+            "analysis": analysis,
+            "total": total,
+            "ratio_to_forward": analysis / plain,
+        }
+        print(
+            f"{refit:<12} analysis {analysis:7.2f} s = {analysis / plain:5.2f} x forward ({plain:.2f} s); {stages}",
+            flush=True,
+        )
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    out = {
+        "model": args.model,
+        "size": args.size,
+        "samples": args.samples,
+        "batch": args.batch,
+        "device": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"speed-{device.type}-{args.model}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
