@@ -261,7 +261,10 @@ class _Tracer:
                 # the unlifted module's input guard only reads shapes
                 self.layouts[node] = None
             elif node.op == "call_function":
-                self._visit(node, position)
+                try:
+                    self._visit(node, position)
+                except Exception as exc:  # an op with arguments the tracer did not expect: stay safe
+                    self._stop(node, f"the analysis could not follow {node.target} ({type(exc).__name__})")
             else:
                 self._stop(node, f"it flows into an unsupported node ({node.op})")
 
