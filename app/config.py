@@ -60,6 +60,23 @@ class Settings(BaseSettings):
     job_output_bytes: int = Field(default=8 * GIB, ge=1024**2)
     # Threads torch may use inside the sandbox (None: torch's default).
     job_threads: int | None = Field(default=None, ge=1)
+    # Whether job reports measure latency (about two seconds a job; off makes test runs faster).
+    job_measure_latency: bool = True
+
+    # Data handed to the engine: rows read per batch, the most evaluation samples (a seeded draw from
+    # the evaluation split), the most training samples held in memory for recovery.
+    data_batch_size: int = Field(default=256, ge=1, le=65536)
+    eval_samples: int = Field(default=10_000, ge=1)
+    recovery_samples: int = Field(default=50_000, ge=1)
+    # Wall-clock limit for inspecting an uploaded dataset (POST /datasets) in the sandbox.
+    dataset_inspect_seconds: float = Field(default=600.0, gt=0)
+    # Dataset references (comma-separated; empty allows none): file:// only under these directories,
+    # http(s):// only to these host names, s3:// only in these buckets (never the artifact bucket).
+    dataset_file_roots: str = ""
+    dataset_http_hosts: str = ""
+    dataset_s3_buckets: str = ""
+    # Downloading an http(s) dataset: seconds to connect and between received bytes.
+    dataset_http_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Leases: a running job's row is owned by one worker until lease expiry; heartbeats extend it.
     lease_seconds: float = Field(default=60.0, gt=0)
@@ -83,6 +100,19 @@ class Settings(BaseSettings):
     # Job durations exposed on /metrics cover jobs that finished within this window.
     metrics_duration_window_seconds: float = Field(default=86400.0, gt=0)
 
+    # Webhooks (a job's callback_url, see app/webhook_destinations.py). Allowed destinations,
+    # comma-separated: "*" is any host whose addresses are all public; a host name, "*.domain", an IP
+    # address or a CIDR network is allowed even where it is internal (loopback, private, link-local).
+    webhook_allowed_hosts: str = "*"
+    # Attempts per delivery; the first retry comes after webhook_retry_seconds, each next one 3x later.
+    webhook_max_attempts: int = Field(default=6, ge=1, le=30)
+    webhook_retry_seconds: float = Field(default=5.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # How often the API process looks for jobs to announce and deliveries due; how long finished
+    # deliveries are kept.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_retention_seconds: float = Field(default=7 * 86400.0, gt=0)
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -103,12 +133,30 @@ class Settings(BaseSettings):
         unknown = set(self.queues) - {"cpu", "gpu"}
         if unknown:
             raise ValueError(f"SPECPRUNE_WORKER_QUEUES: unknown queues {sorted(unknown)}; use cpu and/or gpu")
+        from app.webhook_destinations import AllowedHosts
+
+        AllowedHosts.parse(self.webhook_allowed_hosts)  # ValueError naming a bad entry
         return self
 
     @property
     def queues(self) -> list[str]:
         """The queues this worker consumes, from ``worker_queues``."""
         return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+    @property
+    def file_roots(self) -> list[Path]:
+        """The directories file:// dataset references may point into, resolved."""
+        return [Path(root).expanduser().resolve() for root in _items(self.dataset_file_roots)]
+
+    @property
+    def http_hosts(self) -> frozenset[str]:
+        """Host names http(s):// dataset references may name, lower case."""
+        return frozenset(host.lower() for host in _items(self.dataset_http_hosts))
+
+    @property
+    def s3_buckets(self) -> frozenset[str]:
+        """Buckets s3:// dataset references may name."""
+        return frozenset(_items(self.dataset_s3_buckets))
 
     @property
     def is_sqlite(self) -> bool:
@@ -137,3 +185,8 @@ class Settings(BaseSettings):
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
             return False
+
+
+def _items(value: str) -> list[str]:
+    """The non-empty entries of a comma-separated setting."""
+    return [item.strip() for item in value.split(",") if item.strip()]

@@ -16,13 +16,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import security
-from app.models import ApiKey, Job, JobStatus, Tenant, utcnow
+from app.models import ApiKey, Dataset, Job, JobStatus, Tenant, utcnow
 
 LOCAL_TENANT = "local"
 
 
 class JobConflict(Exception):
     """The job's status does not allow the requested change (maps to 409)."""
+
+
+class DatasetInUse(Exception):
+    """A queued or running job reads the dataset (maps to 409)."""
 
 
 # --- tenants and keys ---------------------------------------------------------------------------
@@ -282,6 +286,7 @@ class JobOutputs:
     output_bytes: int
     report_key: str
     result: dict[str, Any]
+    artifacts: dict[str, Any] | None = None
 
 
 def finish_job(
@@ -319,6 +324,7 @@ def finish_job(
             output_bytes=outputs.output_bytes,
             report_key=outputs.report_key,
             result=outputs.result,
+            artifacts=outputs.artifacts,
         )
     result = session.execute(update(Job).where(*_owned(job_id, owner)).values(**values))
     session.commit()
@@ -390,6 +396,61 @@ def stale_queued_jobs(session: Session, *, older_than: datetime) -> list[Job]:
         (Job.enqueued_at.is_(None) & (Job.created_at < older_than)) | (Job.enqueued_at < older_than),
     )
     return list(session.scalars(query))
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+def create_dataset(session: Session, *, dataset: Dataset) -> Dataset:
+    """Insert a dataset row."""
+    session.add(dataset)
+    session.commit()
+    return dataset
+
+
+def get_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset | None:
+    """The tenant's dataset, None when absent or another tenant's."""
+    return session.scalar(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id))
+
+
+def list_datasets(
+    session: Session, *, tenant_id: str, limit: int, before_seq: int | None = None
+) -> list[Dataset]:
+    """The tenant's datasets newest first, those older than ``before_seq`` when given."""
+    query = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    if before_seq is not None:
+        query = query.where(Dataset.seq < before_seq)
+    return list(session.scalars(query.order_by(Dataset.seq.desc()).limit(limit)))
+
+
+def delete_dataset(session: Session, *, tenant_id: str, dataset_id: str) -> Dataset | None:
+    """Delete a dataset no queued or running job reads (DatasetInUse otherwise); None when there is no
+    such dataset. Finished jobs keep their record of it (their reference becomes null). The caller
+    removes its file (``dataset.storage_prefix``)."""
+    dataset = get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id)
+    if dataset is None:
+        return None
+    active = (
+        select(Job.id)
+        .where(
+            (Job.dataset_id == dataset_id) | (Job.eval_dataset_id == dataset_id),
+            Job.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+        )
+        .limit(1)
+    )
+    result = session.execute(
+        delete(Dataset).where(Dataset.id == dataset_id, Dataset.tenant_id == tenant_id, ~exists(active))
+    )
+    session.commit()
+    if _rowcount(result) == 0:
+        if get_dataset(session, tenant_id=tenant_id, dataset_id=dataset_id) is None:
+            return None
+        job_id = session.scalar(active)
+        raise DatasetInUse(
+            f"dataset {dataset_id} is used by job {job_id}, which is queued or running; delete it once "
+            "the job has finished or been cancelled"
+        )
+    return dataset
 
 
 # --- metrics ---------------------------------------------------------------------------------

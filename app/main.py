@@ -16,6 +16,7 @@ from app.problems import register_problem_handlers
 from app.storage import create_storage
 from worker.dispatch import create_dispatcher
 from worker.reaper import Reaper
+from worker.webhooks import WebhookDeliverer
 
 DESCRIPTION = (
     "Compress trained networks by spectral pruning. POST a model and calibration data to /jobs, follow "
@@ -24,7 +25,8 @@ DESCRIPTION = (
 
 
 def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> FastAPI:
-    """The API for ``settings``: database, storage, dispatcher, metrics and (optionally) the reaper.
+    """The API for ``settings``: database, storage, dispatcher, metrics and (optionally) the reaper
+    and the webhook deliverer.
 
     The schema must already be migrated (``specprune db upgrade``; ``specprune serve`` does it).
     """
@@ -40,12 +42,14 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         storage.prepare()
         stop = threading.Event()
         reaper = Reaper(settings, sessions, dispatcher).start(stop) if run_reaper else None
+        webhooks = WebhookDeliverer(settings, sessions).start(stop) if run_reaper else None
         try:
             yield
         finally:
             stop.set()
-            if reaper is not None:
-                reaper.join(timeout=5)
+            for thread in (reaper, webhooks):
+                if thread is not None:
+                    thread.join(timeout=5)
             engine.dispose()
 
     app = FastAPI(title="specprune", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)

@@ -81,6 +81,12 @@ KINDS: dict[str, ProblemKind] = {
             "The uploaded dataset is not in an accepted format.",
         ),
         ProblemKind(
+            "dataset-in-use",
+            409,
+            "Dataset in use",
+            "A queued or running job reads this dataset; delete it once the job has finished.",
+        ),
+        ProblemKind(
             "range-not-satisfiable",
             416,
             "Range not satisfiable",
@@ -91,6 +97,12 @@ KINDS: dict[str, ProblemKind] = {
             422,
             "Invalid request",
             "A field is missing, unknown or out of range; see 'errors'.",
+        ),
+        ProblemKind(
+            "invalid-dataset",
+            422,
+            "Invalid dataset",
+            "The dataset could not be used as given; 'code' says why (e.g. dataset_nan, invalid_image).",
         ),
         ProblemKind(
             "idempotency-key-reused",

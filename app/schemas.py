@@ -1,4 +1,4 @@
-"""API schemas: the job's config (validated, unknown keys refused) and the job as the API shows it."""
+"""API schemas: the job's config (validated, unknown keys refused), jobs and datasets as the API shows them."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from app.models import Job, JobStatus
+from app.models import Dataset, Job, JobStatus
 
 WIDTH_RULES = ("flops_ratio", "params_ratio", "alpha", "widths")
 CORE_FIELDS = (
@@ -19,8 +19,38 @@ CORE_FIELDS = (
     "calibration_samples",
     "device",
     "seed",
+    "recovery",
 )
 OutputFormat = Literal["same", "pt2", "onnx", "torchscript"]
+
+
+# `recovery` in the job config: fine-tuning or distillation after pruning (core's RecoveryConfig)
+class RecoveryOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "finetune", "distill"] = "none"
+    epochs: int | None = Field(default=None, ge=1, le=10_000)
+    steps: int | None = Field(default=None, ge=1, le=100_000_000)
+    lr: float = Field(default=0.01, gt=0, lt=10)
+    batch_size: int = Field(default=64, ge=1, le=65536)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    weight_decay: float = Field(default=5e-4, ge=0, lt=1)
+    temperature: float = Field(default=4.0, gt=0, le=100)
+    augment: bool = False
+    stages: int = Field(default=1, ge=1, le=20)
+
+    @field_validator("lr", "weight_decay", "temperature")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _epochs_or_steps(self) -> RecoveryOptions:
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("give epochs or steps, not both")
+        return self
 
 
 # The `config` form field of POST /jobs: what to compress and how; unknown keys are refused.
@@ -38,6 +68,7 @@ class JobConfig(BaseModel):
     output_format: OutputFormat = "same"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
+    recovery: RecoveryOptions = Field(default_factory=RecoveryOptions)
 
     @field_validator("flops_ratio", "params_ratio", "alpha", "theta", "ridge")
     @classmethod
@@ -69,7 +100,15 @@ class JobConfig(BaseModel):
 
     def core_dict(self) -> dict[str, Any]:
         """The fields that form core's CompressionConfig (everything but ``output_format``)."""
-        return {name: getattr(self, name) for name in CORE_FIELDS}
+        values = {name: getattr(self, name) for name in CORE_FIELDS}
+        values["recovery"] = self.recovery.model_dump()
+        return values
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> JobConfig:
+        """A job row's config (validated when the job was submitted) without validating it again."""
+        recovery = RecoveryOptions.model_construct(**(stored.get("recovery") or {}))
+        return cls.model_construct(**{**stored, "recovery": recovery})
 
     def to_core(self) -> Any:
         """core.CompressionConfig for this config (raises core's ConfigError, a ValueError)."""
@@ -112,17 +151,43 @@ class LayerSummary(BaseModel):
     retained: float | None = None
 
 
-# the job's outcome summary; GET /jobs/{id}/report has core's full report
+# how many samples each part of the run used, and where the evaluation samples came from
+class SampleCounts(BaseModel):
+    calibration_samples: int | None = None
+    evaluation_samples: int | None = None
+    evaluation_source: str | None = None
+    training_samples: int | None = None
+
+
+# the job's outcome summary; GET /jobs/{id}/report has core's full report. `recovered` is measured
+# after recovery (null without it); `warnings` repeats the report's (e.g. nothing could be pruned).
 class JobResult(BaseModel):
     original: ModelMetrics
     compressed: ModelMetrics
+    recovered: ModelMetrics | None = None
     layers: list[LayerSummary]
+    warnings: list[str] = Field(default_factory=list)
+    data: SampleCounts | None = None
 
 
 # why a job failed: a stable code and a message for people
 class JobError(BaseModel):
     code: str
     message: str
+
+
+# where a job's data comes from: an upload (filename, sha256, bytes), a stored dataset or a URI,
+# optionally a separate evaluation dataset, a held-out fraction and image preprocessing
+class JobData(BaseModel):
+    dataset_id: str | None = None
+    dataset_uri: str | None = None
+    filename: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    eval_dataset_id: str | None = None
+    eval_dataset_uri: str | None = None
+    eval_fraction: float = 0.0
+    preprocess: dict[str, Any] | None = None
 
 
 # a job as the API returns it
@@ -135,8 +200,11 @@ class JobPublic(BaseModel):
     finished_at: datetime | None
     config: JobConfig
     model: ModelInfo
+    data: JobData
     result: JobResult | None
     error: JobError | None
+    # where a signed POST of this object goes when the job ends (null: no webhook)
+    callback_url: str | None = None
 
 
 # one page of GET /jobs, newest first; pass next_after as ?after= for the next page
@@ -158,10 +226,18 @@ def summarise_report(report: dict[str, Any]) -> dict[str, Any]:
         for layer in report.get("layers") or []
         if isinstance(layer, dict) and isinstance(layer.get("name"), str)
     ]
+    data = report.get("data")
+    warnings = report.get("warnings")
+    counts = None
+    if isinstance(data, dict):
+        counts = SampleCounts.model_validate({k: data.get(k) for k in SampleCounts.model_fields}).model_dump()
     return {
         "original": _side(report.get("original")),
         "compressed": _side(report.get("compressed")),
+        "recovered": _side(report["recovered"]) if isinstance(report.get("recovered"), dict) else None,
         "layers": layers,
+        "warnings": [str(w) for w in warnings] if isinstance(warnings, list) else [],
+        "data": counts,
     }
 
 
@@ -196,13 +272,73 @@ def job_public(job: Job) -> JobPublic:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
-        config=JobConfig.model_construct(**job.config),
+        config=JobConfig.from_stored(job.config),
         model=ModelInfo(
             filename=job.model_filename,
             format=job.model_format,
             sha256=job.model_sha256,
             bytes=job.model_bytes,
         ),
+        data=job_data(job),
         result=JobResult.model_validate(job.result) if job.result else None,
         error=JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+        callback_url=job.callback_url,
+    )
+
+
+def job_data(job: Job) -> JobData:
+    """The API view of a job's data sources."""
+    options = job.data_options or {}
+    return JobData(
+        dataset_id=job.dataset_id,
+        dataset_uri=job.dataset_uri,
+        filename=job.dataset_filename,
+        sha256=job.dataset_sha256,
+        bytes=job.dataset_bytes,
+        eval_dataset_id=job.eval_dataset_id,
+        eval_dataset_uri=job.eval_dataset_uri,
+        eval_fraction=float(options.get("eval_fraction") or 0.0),
+        preprocess=options.get("preprocess"),
+    )
+
+
+# a stored dataset as the API returns it: what inspecting it in the sandbox found
+class DatasetPublic(BaseModel):
+    id: str
+    filename: str
+    source_uri: str | None
+    format: str
+    samples: int
+    input_shape: list[int]
+    classes: list[str] | int | None
+    splits: dict[str, int]
+    labelled: bool
+    preprocess: dict[str, Any] | None
+    sha256: str
+    bytes: int
+    created_at: datetime
+
+
+# one page of GET /datasets, newest first; pass next_after as ?after= for the next page
+class DatasetList(BaseModel):
+    items: list[DatasetPublic]
+    next_after: str | None
+
+
+def dataset_public(dataset: Dataset) -> DatasetPublic:
+    """The API view of a dataset row."""
+    return DatasetPublic(
+        id=dataset.id,
+        filename=dataset.filename,
+        source_uri=dataset.source_uri,
+        format=dataset.format,
+        samples=dataset.samples,
+        input_shape=list(dataset.input_shape),
+        classes=dataset.classes,
+        splits=dict(dataset.splits or {}),
+        labelled=dataset.labelled,
+        preprocess=dataset.preprocess,
+        sha256=dataset.sha256,
+        bytes=dataset.bytes,
+        created_at=dataset.created_at,
     )

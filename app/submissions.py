@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app import crud, sniff
+from app import crud, job_callbacks, job_data, sniff
 from app.config import Settings
 from app.db import SessionFactory, session_scope
 from app.models import Job
@@ -24,17 +24,13 @@ from worker.dispatch import JobDispatcher
 logger = logging.getLogger(__name__)
 
 CONFIG_MAX_BYTES = 64 * 1024
-MODEL_FORMAT_HELP = (
-    "the model must be a torch.export program: program = torch.export.export(model.eval(), "
-    "example_inputs); torch.export.save(program, 'model.pt2')"
-)
 
 
 def job_form_spec(settings: Settings) -> FormSpec:
     """The fields of POST /jobs."""
     return FormSpec(
         files=frozenset({"model", "dataset"}),
-        texts={"config": CONFIG_MAX_BYTES, "dataset_id": 256, "dataset_uri": 4096},
+        texts={"config": CONFIG_MAX_BYTES, **job_data.DATA_TEXT_FIELDS, **job_callbacks.TEXT_FIELDS},
         max_file_bytes=settings.max_upload_bytes,
     )
 
@@ -57,23 +53,28 @@ class JobSubmitter:
     ) -> Submission:
         """Validate and create the job (uploads already stored under the job's prefix)."""
         config = parse_config(form.texts.get("config"))
-        _check_sources(form)
-        model, dataset = form.files["model"], form.files["dataset"]
-        payload = payload_sha256(model.stored.sha256, dataset.stored.sha256, config)
+        callback = job_callbacks.job_callback(form, self.settings)
+        job_data.check_sources(form)
+        model = form.files["model"]
+        with session_scope(self.sessions) as session:
+            data = job_data.choose_job_data(
+                form,
+                config,
+                session=session,
+                settings=self.settings,
+                storage=self.storage,
+                tenant_id=tenant_id,
+            )
+        payload = payload_sha256(model.stored.sha256, data.identity(), config, callback.url)
         if idempotency_key is not None:
             with session_scope(self.sessions) as session:
                 earlier = crud.get_job_by_idempotency_key(session, tenant_id=tenant_id, key=idempotency_key)
             if earlier is not None:
                 return Submission(_same_payload(earlier, payload), created=False)
-        model_format = sniff.detect_model_format(self.storage, model.stored.key, model.stored.bytes)
-        if model_format is None:
-            raise Problem("unsupported-model-format", f"{model.filename}: {MODEL_FORMAT_HELP}")
-        if not sniff.is_npz(self.storage, dataset.stored.key, dataset.stored.bytes):
-            raise Problem(
-                "unsupported-dataset-format",
-                f"{dataset.filename}: the dataset must be an .npz archive with an array 'x' (samples first) "
-                "and optionally integer labels 'y': numpy.savez('data.npz', x=x, y=y)",
-            )
+        try:
+            model_format = sniff.sniff_model(self.storage, model.stored.key, model.stored.bytes)
+        except sniff.Refused as exc:
+            raise Problem("unsupported-model-format", f"{model.filename}: {exc}", hint=exc.hint) from None
         job = Job(
             id=job_id,
             tenant_id=tenant_id,
@@ -84,13 +85,11 @@ class JobSubmitter:
             model_sha256=model.stored.sha256,
             model_bytes=model.stored.bytes,
             model_key=model.stored.key,
-            dataset_filename=dataset.filename,
-            dataset_sha256=dataset.stored.sha256,
-            dataset_bytes=dataset.stored.bytes,
-            dataset_key=dataset.stored.key,
             idempotency_key=idempotency_key,
             payload_sha256=payload,
         )
+        job_data.apply(data, job)
+        callback.apply(job)
         with session_scope(self.sessions) as session:
             job, created = crud.create_job(session, job=job)
         if not created:
@@ -124,42 +123,15 @@ def parse_config(raw: str | None) -> JobConfig:
         ) from None
 
 
-def _check_sources(form: ReceivedForm) -> None:
-    errors: list[dict[str, Any]] = []
-    if "model" not in form.files:
-        errors.append({"loc": ["body", "model"], "msg": "a model file is required", "type": "missing"})
-    sources = [
-        name for name in ("dataset", "dataset_id", "dataset_uri") if name in form.files or name in form.texts
-    ]
-    if len(sources) != 1:
-        msg = "give exactly one of dataset (a file), dataset_id or dataset_uri"
-        errors.append(
-            {
-                "loc": ["body", "dataset"],
-                "msg": f"{msg}; got {', '.join(sources) or 'none'}",
-                "type": "missing",
-            }
-        )
-    elif sources[0] == "dataset_id":
-        errors.append({"loc": ["body", "dataset_id"], "msg": "no such dataset", "type": "not_found"})
-    elif sources[0] == "dataset_uri":
-        errors.append(
-            {
-                "loc": ["body", "dataset_uri"],
-                "msg": "dataset references are not enabled on this server",
-                "type": "unsupported",
-            }
-        )
-    if errors:
-        raise validation_problem(errors)
-
-
-def payload_sha256(model_sha256: str, dataset_sha256: str, config: JobConfig) -> str:
-    """What an Idempotency-Key is bound to: the files' contents and the validated config."""
-    canonical = json.dumps(
-        {"model": model_sha256, "dataset": dataset_sha256, "config": config.model_dump(mode="json")},
-        sort_keys=True,
-    )
+def payload_sha256(
+    model_sha256: str, data: dict[str, Any], config: JobConfig, callback_url: str | None = None
+) -> str:
+    """What an Idempotency-Key is bound to: the model's content, the data (an upload's content or the
+    references), the validated config and the callback URL."""
+    payload = {"model": model_sha256, "data": data, "config": config.model_dump(mode="json")}
+    if callback_url is not None:
+        payload["callback_url"] = callback_url
+    canonical = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

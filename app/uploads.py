@@ -174,7 +174,7 @@ async def receive_form(
     """
     media_type, options = parse_options_header(content_type or "")
     if media_type != b"multipart/form-data":
-        raise Problem("unsupported-media-type", "send the job as multipart/form-data")
+        raise Problem("unsupported-media-type", "send the request as multipart/form-data")
     boundary = options.get(b"boundary")
     if not boundary:
         raise Problem("bad-request", "multipart/form-data without a boundary")

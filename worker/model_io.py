@@ -1,77 +1,90 @@
-"""Reading and writing models and calibration data inside the sandbox (never in the API or the worker).
+"""Model files inside the sandbox, through ``core.formats`` only: nothing else reads an uploaded model.
 
-``load_model`` / ``save_model`` are the one place model formats are handled, so the formats library
-can replace them whole. Only ``torch.export`` programs (``.pt2``) for now; no unpickling of any kind.
+``load`` hands ``core.formats.load_model`` the first calibration samples as the example input
+(TorchScript is traced with it, ONNX shapes are fixed by it, and it proves the data fits the model); a
+model exported for a fixed batch size gets an example of exactly that size. ``save_outputs`` writes the
+compressed model in the requested format and its weights as safetensors -- and, after recovery, the
+pre-recovery model as well -- each reloaded with its standard runtime and checked before it is kept.
 """
 
 from __future__ import annotations
 
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
+from torch.export import ExportedProgram
 
-from core.errors import CalibrationError, SpecpruneError, UnsupportedModelError
+from core.errors import CalibrationError
+from core.formats import ExampleInputRequiredError, LoadedModel, check_inputs_fit, load_model, save_model
 
-OUTPUT_FORMATS = ("pt2",)
-EXTENSIONS = {"pt2": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
+OUTPUT_FORMATS = ("pt2", "onnx", "torchscript")
+EXTENSIONS = {"pt2": ".pt2", "onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+EXAMPLE_SAMPLES = 2
+
+# n -> the first n calibration samples (fewer when the data has fewer)
+ExampleSource = Callable[[int], torch.Tensor]
 
 
-class OutputFormatError(SpecpruneError, ValueError):
-    """The requested output format cannot be written."""
-
-    code = "unsupported_output_format"
-
-
-def load_model(path: Path) -> tuple[torch.export.ExportedProgram, str]:
-    """The program in ``path`` and its format."""
+def load(path: Path, examples: ExampleSource) -> tuple[LoadedModel, torch.Tensor]:
+    """The model in ``path`` and an example batch it accepts; CalibrationError when the data does not fit."""
+    example = examples(EXAMPLE_SAMPLES)
     try:
-        program = torch.export.load(str(path))
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"the model could not be read as a torch.export program ({type(exc).__name__}: {exc}); "
-            "export it with torch.export.export(model, example_inputs) and save it with torch.export.save"
-        ) from None
-    return program, "pt2"
+        return load_model(path, example_input=example), example
+    except CalibrationError as mismatch:
+        try:
+            loaded = load_model(path)  # a model with a fixed batch size says which
+        except ExampleInputRequiredError:
+            raise mismatch from None
+        batch = loaded.input_shape[0] if loaded.input_shape else None
+        if batch is None or batch == example.shape[0]:
+            raise mismatch from None
+        example = examples(batch)
+        if example.shape[0] != batch:
+            raise CalibrationError(
+                f"the model was exported for batches of exactly {batch} samples; the data has only "
+                f"{example.shape[0]}. Export it with a dynamic batch: "
+                "dynamic_shapes=({0: torch.export.Dim('batch')},)"
+            ) from None
+        check_inputs_fit(loaded, [example])
+        return loaded, example
+
+
+def class_count(loaded: LoadedModel, example: torch.Tensor) -> int | None:
+    """The number of classes a classifier predicts (outputs of shape (N, C)); None for other models."""
+    with torch.no_grad():
+        out = loaded.program.module()(example)
+    out = out[0] if isinstance(out, tuple | list) else out
+    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
 def resolve_output_format(requested: str, input_format: str) -> str:
-    """The format to write: the input's for ``same``; refused up front when it cannot be written."""
+    """The format to write: the input's for ``same``."""
     fmt = input_format if requested == "same" else requested
     if fmt not in OUTPUT_FORMATS:
-        raise OutputFormatError(
-            f"output_format {fmt!r} is not available on this server; available: {', '.join(OUTPUT_FORMATS)}"
-        )
+        raise ValueError(f"output_format must be same or one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
     return fmt
 
 
-def save_model(program: torch.export.ExportedProgram, path: Path, fmt: str) -> None:
-    """Write ``program`` to ``path`` in ``fmt`` (one of OUTPUT_FORMATS)."""
-    if fmt != "pt2":
-        raise OutputFormatError(f"cannot write {fmt!r}")
-    torch.export.save(program, str(path))
+def save_outputs(
+    program: ExportedProgram,
+    pruned: ExportedProgram | None,
+    out: Path,
+    fmt: str,
+    example: torch.Tensor,
+) -> dict[str, str]:
+    """Write the model (``fmt``) and its weights, and ``pruned`` likewise when given; returns the files
+    by artifact name (``model``, ``safetensors``, ``pruned``, ``pruned_safetensors``) relative to
+    ``out``'s parent."""
+    out.mkdir(exist_ok=True)
+    files = {"model": _save(program, out / f"model{EXTENSIONS[fmt]}", fmt, example)}
+    files["safetensors"] = _save(program, out / "model.safetensors", "safetensors", example)
+    if pruned is not None:
+        files["pruned"] = _save(pruned, out / f"pruned{EXTENSIONS[fmt]}", fmt, example)
+        files["pruned_safetensors"] = _save(pruned, out / "pruned.safetensors", "safetensors", example)
+    return files
 
 
-def load_calibration(path: Path) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(x, y)`` from an ``.npz`` with ``x`` (samples first) and optional integer labels ``y``."""
-    if not zipfile.is_zipfile(path):
-        raise CalibrationError("the dataset must be an .npz archive with an array 'x' (and optional 'y')")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if "x" not in archive.files:
-                raise CalibrationError(f"the dataset .npz has no array 'x' (it has {sorted(archive.files)})")
-            x = archive["x"]
-            y = archive["y"] if "y" in archive.files else None
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise CalibrationError(f"the dataset .npz could not be read: {exc}") from None
-    if x.dtype.kind not in "fiu" or x.ndim < 1 or x.shape[0] == 0:
-        raise CalibrationError(f"'x' must be a non-empty numeric array, got dtype {x.dtype} shape {x.shape}")
-    labels = None
-    if y is not None:
-        if y.dtype.kind not in "iu" or y.shape != (x.shape[0],):
-            raise CalibrationError(
-                f"'y' must hold one integer label per sample ({x.shape[0]}), got dtype {y.dtype} shape {y.shape}"
-            )
-        labels = torch.from_numpy(y.astype(np.int64))
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), labels
+def _save(program: ExportedProgram, path: Path, fmt: str, example: torch.Tensor) -> str:
+    save_model(program, path, fmt, inputs=[example])
+    return f"{path.parent.name}/{path.name}"

@@ -22,12 +22,16 @@ from app import crud
 from app.db import session_scope
 from app.models import Job, JobStatus
 from app.schemas import summarise_report
+from worker.checkpoints import CheckpointSync
 from worker.context import WorkerContext
-from worker.sandbox import SandboxLimits, SandboxOutcome, gpu_present, run_sandbox
+from worker.job_inputs import InputError, prepare_job_dir
+from worker.sandbox import SandboxLimits, SandboxOutcome, TickCallback, run_sandbox
 
 logger = logging.getLogger(__name__)
 
 MAX_REPORT_BYTES = 64 * 1024 * 1024
+# Downloads besides the model: its weights alone, and after recovery the pre-recovery model.
+ARTIFACTS = ("safetensors", "pruned", "pruned_safetensors")
 # Progress rows are written at most this often (stage changes are always written).
 PROGRESS_WRITE_SECONDS = 0.5
 # Job directories are named <prefix><worker pid>-<random> so that orphans of dead workers can be found.
@@ -75,10 +79,26 @@ def _run_claimed(ctx: WorkerContext, job: Job, job_dir: Path, tracker: LeaseTrac
     reason = tracker.tick("fetching", 0.0)
     if reason:
         return _stopped(ctx, job.id, tracker, reason)
-    _write_inputs(ctx, job, job_dir)
-    outcome = run_sandbox(job_dir, _limits(ctx, job), tracker.tick, ctx.settings.heartbeat_seconds)
+    try:
+        prepare_job_dir(ctx, job, job_dir)
+    except InputError as exc:
+        logger.warning("job %s failed: %s: %s", job.id, exc.code, exc)
+        _finish(ctx, job.id, tracker.owner, JobStatus.FAILED, exc.code, str(exc))
+        return JobStatus.FAILED.value
+    checkpoint = CheckpointSync(ctx.storage, job.storage_prefix, job_dir)
+    if checkpoint.restore():
+        logger.info("job %s: recovery resumes from the checkpoint of an earlier attempt", job.id)
+    try:
+        outcome = run_sandbox(
+            job_dir, _limits(ctx), _with_checkpoints(tracker, checkpoint), ctx.settings.heartbeat_seconds
+        )
+    finally:
+        checkpoint.wait()
     if outcome.status == "stopped":
+        if outcome.stop_reason == "cancelled":
+            checkpoint.clear()
         return _stopped(ctx, job.id, tracker, outcome.stop_reason)
+    checkpoint.clear()
     if outcome.status != "ok":
         logger.warning("job %s failed: %s: %s", job.id, outcome.code, outcome.message)
         _finish(ctx, job.id, tracker.owner, JobStatus.FAILED, outcome.code, outcome.message)
@@ -92,31 +112,28 @@ def _run_claimed(ctx: WorkerContext, job: Job, job_dir: Path, tracker: LeaseTrac
             session, job_id=job.id, owner=tracker.owner, status=JobStatus.SUCCEEDED, outputs=outputs
         )
     if not finished:  # cancelled, deleted or taken over meanwhile: the outputs belong to no job
-        ctx.storage.delete(outputs.output_key)
-        ctx.storage.delete(outputs.report_key)
+        for key in [outputs.output_key, outputs.report_key, *_artifact_keys(outputs)]:
+            ctx.storage.delete(key)
         return "lost"
     logger.info("job %s succeeded", job.id)
     return JobStatus.SUCCEEDED.value
 
 
-def _write_inputs(ctx: WorkerContext, job: Job, job_dir: Path) -> None:
-    """The job's own files, and job.json describing the run, in the sandbox's directory."""
-    if job.dataset_key is None:
-        raise ValueError("the job has no dataset")
-    ctx.storage.download_to(job.model_key, job_dir / "model.bin")
-    ctx.storage.download_to(job.dataset_key, job_dir / "dataset.npz")
-    config = dict(job.config)
-    spec = {
-        "model": "model.bin",
-        "dataset": "dataset.npz",
-        "output_format": config.pop("output_format", "same"),
-        "config": config,
-        "threads": ctx.settings.job_threads,
-    }
-    (job_dir / "job.json").write_text(json.dumps(spec))
+def _with_checkpoints(tracker: LeaseTracker, checkpoint: CheckpointSync) -> TickCallback:
+    """The sandbox's tick: start copying a new recovery checkpoint to storage, heartbeat, progress."""
+
+    def tick(stage: str | None, fraction: float | None) -> str | None:
+        checkpoint.push()
+        return tracker.tick(stage, fraction)
+
+    return tick
 
 
-def _limits(ctx: WorkerContext, job: Job) -> SandboxLimits:
+def _artifact_keys(outputs: crud.JobOutputs) -> list[str]:
+    return [str(item["key"]) for item in (outputs.artifacts or {}).values()]
+
+
+def _limits(ctx: WorkerContext) -> SandboxLimits:
     settings = ctx.settings
     return SandboxLimits(
         memory_bytes=settings.job_memory_bytes,
@@ -124,7 +141,6 @@ def _limits(ctx: WorkerContext, job: Job) -> SandboxLimits:
         wall_seconds=settings.job_wall_seconds,
         output_bytes=settings.job_output_bytes,
         threads=settings.job_threads,
-        gpu=job.config.get("device") != "cpu" and gpu_present(),
     )
 
 
@@ -136,24 +152,51 @@ def _store_outputs(ctx: WorkerContext, job: Job, job_dir: Path, outcome: Sandbox
     report: dict[str, Any] = json.loads(report_path.read_text())
     fmt = str(outcome.done.get("format", "pt2"))
     prefix = job.storage_prefix
+    label = "recovered" if isinstance(report.get("recovered"), dict) else "pruned"
     stored_model = ctx.storage.put_file(f"{prefix}output/model.{fmt}", model_path)
+    artifacts = _store_artifacts(ctx, job, job_dir, outcome.done.get("artifacts"), fmt, label)
     stored_report = ctx.storage.put_file(f"{prefix}output/report.json", report_path)
     return crud.JobOutputs(
         output_key=stored_model.key,
-        output_filename=output_filename(job.model_filename, fmt),
+        output_filename=output_filename(job.model_filename, fmt, label),
         output_format=fmt,
         output_sha256=stored_model.sha256,
         output_bytes=stored_model.bytes,
         report_key=stored_report.key,
         result=summarise_report(report),
+        artifacts=artifacts,
     )
 
 
-def output_filename(input_filename: str, fmt: str) -> str:
-    """``resnet.pt2`` -> ``resnet.pruned.pt2``."""
+def _store_artifacts(
+    ctx: WorkerContext, job: Job, job_dir: Path, produced: Any, fmt: str, label: str
+) -> dict[str, Any]:
+    """Store the further downloads the sandbox wrote (see ARTIFACTS); their descriptions by name."""
+    artifacts = {}
+    for name, relative in (produced if isinstance(produced, dict) else {}).items():
+        if name not in ARTIFACTS:
+            raise ValueError(f"the sandbox named an unknown artifact {name!r}")
+        artifact_format = "safetensors" if name.endswith("safetensors") else fmt
+        stored = ctx.storage.put_file(
+            f"{job.storage_prefix}output/{name}.{artifact_format}", _inside(job_dir, relative)
+        )
+        artifacts[name] = {
+            "key": stored.key,
+            "filename": output_filename(
+                job.model_filename, artifact_format, "pruned" if name.startswith("pruned") else label
+            ),
+            "format": artifact_format,
+            "sha256": stored.sha256,
+            "bytes": stored.bytes,
+        }
+    return artifacts
+
+
+def output_filename(input_filename: str, fmt: str, label: str = "pruned") -> str:
+    """``resnet.pt2`` -> ``resnet.pruned.pt2`` (``resnet.recovered.pt2`` after recovery)."""
     stem = input_filename.rsplit(".", 1)[0] if "." in input_filename else input_filename
     extension = {"pt2": "pt2", "onnx": "onnx", "torchscript": "pt"}.get(fmt, fmt)
-    return f"{stem or 'model'}.pruned.{extension}"
+    return f"{stem or 'model'}.{label}.{extension}"
 
 
 def _inside(job_dir: Path, relative: Any) -> Path:

@@ -2,8 +2,10 @@
 
 The child (``python -m worker.sandbox_child JOB_DIR``) sees only the job's directory (its working and
 temporary directory, holding the job's own files), runs under resource limits set before it starts
-(address space, CPU time, file size, no core dumps), dies with its parent, and is killed past a
-wall-clock timeout. It reports JSON lines on stdout: ``{"event": "progress", "stage", "fraction"}``,
+(memory, CPU time, file size, no core dumps), dies with its parent, and is killed past a wall-clock
+timeout. The memory limit is ``RLIMIT_DATA``: heap and private anonymous memory, which is what a model
+or its activations take; a dataset file the child memory-maps read-only does not count against it (its
+pages are the kernel's cache), so datasets larger than the limit stream through in batches. It reports JSON lines on stdout: ``{"event": "progress", "stage", "fraction"}``,
 then ``{"event": "done", ...}`` or ``{"event": "error", "code", "message"}``.
 """
 
@@ -44,8 +46,6 @@ class SandboxLimits:
     wall_seconds: float
     output_bytes: int
     threads: int | None = None
-    # With a GPU, limit the data segment instead of the address space (CUDA maps huge, unused ranges).
-    gpu: bool = False
 
 
 @dataclass
@@ -63,11 +63,6 @@ class SandboxOutcome:
 # Called on every progress line (stage, fraction) and every ``tick_seconds`` without one (None, None);
 # returns None to go on or a reason to stop (the child is then killed).
 TickCallback = Callable[[str | None, float | None], str | None]
-
-
-def gpu_present() -> bool:
-    """Whether an NVIDIA device node exists (checked without initialising CUDA)."""
-    return os.path.exists("/dev/nvidiactl")
 
 
 def run_sandbox(
@@ -242,8 +237,8 @@ def _limiter(limits: SandboxLimits) -> Callable[[], None]:
     """The pre-exec hook: resource limits and death with the parent, set before the child's Python starts."""
 
     def apply() -> None:
-        memory = resource.RLIMIT_DATA if limits.gpu else resource.RLIMIT_AS
-        resource.setrlimit(memory, (limits.memory_bytes, limits.memory_bytes))
+        # Not RLIMIT_AS: read-only file mappings (datasets) and CUDA's reserved ranges are not memory used.
+        resource.setrlimit(resource.RLIMIT_DATA, (limits.memory_bytes, limits.memory_bytes))
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 5))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_bytes, limits.output_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -1,8 +1,10 @@
-"""The sandboxed child: load the job's model and data, compress, write the results.
+"""The sandboxed child: run one task on the files of its directory and report as JSON lines.
 
 Run as ``python -m worker.sandbox_child JOB_DIR`` (by worker.sandbox, under resource limits). Reads
-``JOB_DIR/job.json``; writes ``JOB_DIR/out/model.<ext>`` and ``JOB_DIR/out/report.json``; reports
-progress and the result as JSON lines on the original stdout (anything else printed goes to stderr).
+``JOB_DIR/job.json``, whose ``task`` names what to do: ``compress`` (worker.compress_task: load the
+model and data, compress, write the outputs) or ``inspect_dataset`` (worker.inspect_task: describe an
+uploaded dataset). Reports progress and the result as JSON lines on the original stdout (anything else
+printed goes to stderr); results larger than a line are files under ``JOB_DIR/out``.
 """
 
 from __future__ import annotations
@@ -38,44 +40,18 @@ class Reporter:
 
 
 def run(job_dir: Path, reporter: Reporter) -> dict[str, Any]:
-    """Do the job described by ``job_dir/job.json``; returns the ``done`` message fields."""
+    """Do the task described by ``job_dir/job.json``; returns the ``done`` message fields."""
     spec = json.loads((job_dir / "job.json").read_text())
-    reporter.progress("loading", 0.0)
-    import torch
+    task = spec.get("task", "compress")
+    if task == "compress":
+        from worker import compress_task
 
-    from core import CompressionConfig, compress
-    from worker import model_io
+        return compress_task.run(job_dir, spec, reporter.progress)
+    if task == "inspect_dataset":
+        from worker import inspect_task
 
-    threads = spec.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
-    config = CompressionConfig.from_dict(spec["config"])
-    program, input_format = model_io.load_model(job_dir / spec["model"])
-    output_format = model_io.resolve_output_format(spec["output_format"], input_format)
-    calibration, labels = model_io.load_calibration(job_dir / spec["dataset"])
-    reporter.progress("loading", 1.0)
-    result = compress(program, calibration, config, labels=labels, progress=reporter.progress)
-    reporter.progress("saving", 0.0)
-    out = job_dir / "out"
-    out.mkdir(exist_ok=True)
-    model_name = "model" + model_io.EXTENSIONS[output_format]
-    model_io.save_model(result.program, out / model_name, output_format)
-    (out / "report.json").write_text(json.dumps(result.report, allow_nan=False, default=_jsonable))
-    reporter.progress("saving", 1.0)
-    return {
-        "model": f"out/{model_name}",
-        "format": output_format,
-        "input_format": input_format,
-        "report": "out/report.json",
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+        return inspect_task.run(job_dir, spec, reporter.progress)
+    raise ValueError(f"unknown sandbox task {task!r}")
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

@@ -8,9 +8,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from app.cli import db, keys, serve, worker
+from app.cli import compress, db, download, jobs, keys, serve, submit, webhooks, worker
 
-COMMANDS = (serve, worker, db, keys)
+COMMANDS = (compress, submit, jobs, download, serve, worker, db, keys, webhooks)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,9 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from app.config import Settings
-from app.db import upgrade_database
-
 
 def register(subcommands: Any) -> None:
     parser = subcommands.add_parser("db", help="database schema")
@@ -19,6 +16,9 @@ def register(subcommands: Any) -> None:
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
+    from app.config import Settings
+    from app.db import upgrade_database
+
     settings = Settings()
     upgrade_database(settings, args.revision)
     print(f"database at revision {args.revision}: {_display_url(settings.database_url)}", file=sys.stderr)

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app import crud
 from app.cli.supervisor import WorkerSupervisor
-from app.config import Settings
-from app.db import create_db_engine, create_session_factory, session_scope, upgrade_database
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 
 def register(subcommands: Any) -> None:
@@ -27,6 +27,8 @@ def register(subcommands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.config import Settings
+    from app.db import upgrade_database
     from app.main import create_app
 
     overrides = {
@@ -51,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
 def open_bind_refusal(settings: Settings) -> str | None:
     """Why the API must not start: bound beyond loopback with no API key to protect it."""
+    from app import crud
+    from app.db import create_db_engine, create_session_factory, session_scope
+
     if settings.binds_loopback():
         return None
     engine = create_db_engine(settings)

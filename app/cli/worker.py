@@ -6,9 +6,10 @@ import argparse
 import logging
 import threading
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.config import Settings
+if TYPE_CHECKING:
+    from app.config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ def register(subcommands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from app.config import Settings
+
     overrides: dict[str, Any] = {}
     if args.queues:
         overrides["worker_queues"] = args.queues

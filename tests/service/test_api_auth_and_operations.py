@@ -91,7 +91,19 @@ def test_openapi_documents_the_contract(sqlite_api: Api) -> None:
         "/metrics",
     } <= set(spec["paths"])
     form = spec["paths"]["/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert set(form["properties"]) == {"model", "dataset", "dataset_id", "dataset_uri", "config"}
+    assert set(form["properties"]) == {
+        "model",
+        "dataset",
+        "dataset_id",
+        "dataset_uri",
+        "eval_dataset_id",
+        "eval_dataset_uri",
+        "eval_fraction",
+        "preprocess",
+        "callback_url",
+        "config",
+    }
+    assert {"/datasets", "/datasets/{dataset_id}"} <= set(spec["paths"])
     config = spec["components"]["schemas"]["JobConfig"]
     assert config["additionalProperties"] is False
     assert sqlite_api.client.get("/docs").status_code == 200

@@ -43,9 +43,13 @@ def test_submit_returns_202_with_the_job_and_its_location(
         "finished_at",
         "config",
         "model",
+        "data",
+        "callback_url",
         "result",
         "error",
     }
+    assert job["data"]["filename"] == "calibration.npz" and job["data"]["sha256"] == sha256_of(dataset_file)
+    assert job["data"]["dataset_id"] is None and job["data"]["eval_fraction"] == 0.0
     shown = api.client.get(f"/jobs/{job['id']}", headers=headers)
     assert shown.status_code == 200 and shown.json() == job
     stored = api.stored_keys(f"tenants/{_tenant_id(api, job['id'])}/jobs/{job['id']}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -13,7 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from app import crud
+from app import crud, webhook_store
 from app.api.deps import CurrentTenant, DispatcherDep, SessionDep, SessionFactoryDep, SettingsDep, StorageDep
 from app.db import session_scope
 from app.events import job_event_stream
@@ -32,18 +33,43 @@ JOB_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["model"],
     "properties": {
-        "model": {"type": "string", "format": "binary", "description": "A torch.export program (.pt2)."},
+        "model": {
+            "type": "string",
+            "format": "binary",
+            "description": "A torch.export program (.pt2), an ONNX model or a TorchScript archive "
+            "(recognised from the content).",
+        },
         "dataset": {
             "type": "string",
             "format": "binary",
-            "description": "Calibration data: an .npz with 'x' (samples first) and optional integer labels 'y'.",
+            "description": "The data: an .npz/.safetensors with 'x' (and optional labels 'y'), or an image "
+            "folder archive (.zip, .tar, .tar.gz).",
         },
-        "dataset_id": {"type": "string", "description": "An uploaded dataset (instead of 'dataset')."},
-        "dataset_uri": {"type": "string", "description": "A dataset reference (instead of 'dataset')."},
+        "dataset_id": {
+            "type": "string",
+            "description": "A dataset from POST /datasets (instead of 'dataset').",
+        },
+        "dataset_uri": {
+            "type": "string",
+            "description": "s3://, file:// or https:// reference, operator-allowed (instead of 'dataset').",
+        },
+        "eval_dataset_id": {"type": "string", "description": "A stored dataset to evaluate on."},
+        "eval_dataset_uri": {"type": "string", "description": "A dataset reference to evaluate on."},
+        "eval_fraction": {
+            "type": "string",
+            "description": "Hold out this fraction of the data for evaluation (when it has no test split).",
+        },
+        "preprocess": {"type": "string", "description": "Image preprocessing JSON for image archives."},
         "config": {"type": "string", "description": "JSON object: see the JobConfig schema."},
+        "callback_url": {
+            "type": "string",
+            "description": "http(s) URL that receives the job object, signed (Standard Webhooks), when "
+            "the job succeeds, fails or is cancelled.",
+        },
     },
 }
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+DownloadFormat = Literal["pt2", "onnx", "torchscript", "safetensors"]
 
 
 @router.post(
@@ -137,6 +163,7 @@ def cancel_job(job_id: str, session: SessionDep, tenant: CurrentTenant) -> Respo
 @router.delete("/{job_id}", status_code=204, responses={404: PROBLEM, 409: PROBLEM}, summary="Delete a job")
 def delete_job(job_id: str, session: SessionDep, tenant: CurrentTenant, storage: StorageDep) -> Response:
     """Remove the job and all its artifacts (409 while it is running)."""
+    webhook_store.queue_before_delete(session, tenant_id=tenant.id, job_id=job_id)
     try:
         job = crud.delete_job(session, tenant_id=tenant.id, job_id=job_id)
     except crud.JobConflict as exc:
@@ -198,33 +225,41 @@ def download_model(
     session: SessionDep,
     tenant: CurrentTenant,
     storage: StorageDep,
+    format: Annotated[
+        DownloadFormat | None,
+        Query(description="safetensors: the weights alone; default: the job's output format"),
+    ] = None,
+    variant: Annotated[
+        Literal["pruned"] | None,
+        Query(description="pruned: the model before recovery (the same as the default without recovery)"),
+    ] = None,
     range_header: Annotated[str | None, Header(alias="Range")] = None,
     if_none_match: Annotated[str | None, Header(alias="If-None-Match")] = None,
     if_range: Annotated[str | None, Header(alias="If-Range")] = None,
 ) -> Response:
     """The file, streamed; ``ETag`` is its SHA-256, ``Range`` gives 206 with one byte range."""
     job = _finished_job(session, tenant.id, job_id)
-    assert job.output_key and job.output_sha256 and job.output_filename and job.output_bytes is not None
-    etag = f'"{job.output_sha256}"'
+    artifact = model_artifact(job, format, variant)
+    etag = f'"{artifact.sha256}"'
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
-        "Content-Disposition": content_disposition(job.output_filename),
+        "Content-Disposition": content_disposition(artifact.filename),
     }
     if (if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]) or if_none_match == "*":
         return Response(status_code=304, headers=headers)
-    size = job.output_bytes
+    size = artifact.bytes
     byte_range = parse_range(range_header, size) if (if_range is None or if_range.strip() == etag) else None
     if byte_range is None:
         headers["Content-Length"] = str(size)
         return StreamingResponse(
-            storage.iter_range(job.output_key), media_type="application/octet-stream", headers=headers
+            storage.iter_range(artifact.key), media_type="application/octet-stream", headers=headers
         )
     start, end = byte_range
     headers["Content-Length"] = str(end - start + 1)
     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     return StreamingResponse(
-        storage.iter_range(job.output_key, start, end),
+        storage.iter_range(artifact.key, start, end),
         status_code=206,
         media_type="application/octet-stream",
         headers=headers,
@@ -240,6 +275,42 @@ def get_report(job_id: str, session: SessionDep, tenant: CurrentTenant, storage:
     job = _finished_job(session, tenant.id, job_id)
     assert job.report_key is not None
     return StreamingResponse(storage.iter_range(job.report_key), media_type="application/json")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One downloadable file of a finished job."""
+
+    key: str
+    filename: str
+    sha256: str
+    bytes: int
+
+
+def model_artifact(job: Job, fmt: str | None, variant: str | None) -> Artifact:
+    """The model file asked for: the job's model (after recovery when it ran) or, with ``variant``
+    ``pruned``, the one before recovery; in the job's output format or, with ``safetensors``, as
+    weights alone. 404 when the job has no such file."""
+    assert job.output_key and job.output_sha256 and job.output_filename and job.output_bytes is not None
+    artifacts = job.artifacts or {}
+    pruned = variant == "pruned" and "pruned" in artifacts
+    name: str | None
+    if fmt == "safetensors":
+        name = "pruned_safetensors" if pruned else "safetensors"
+    elif fmt in (None, job.output_format):
+        name = "pruned" if pruned else None
+    else:
+        raise Problem(
+            "not-found",
+            f"job {job.id} wrote its model as {job.output_format}; submit with output_format '{fmt}' to get "
+            "that format, or ask for format=safetensors for the weights alone",
+        )
+    if name is None:
+        return Artifact(job.output_key, job.output_filename, job.output_sha256, job.output_bytes)
+    item = artifacts.get(name)
+    if not isinstance(item, dict):
+        raise Problem("not-found", f"job {job.id} has no {name.replace('_', ' ')} download")
+    return Artifact(str(item["key"]), str(item["filename"]), str(item["sha256"]), int(item["bytes"]))
 
 
 def _tenant_job(session: Session, tenant_id: str, job_id: str) -> Job:
