@@ -135,6 +135,40 @@ class Client:
             if not after:
                 return
 
+    def upload_dataset(
+        self,
+        path: PathLike | None = None,
+        *,
+        uri: str | None = None,
+        preprocess: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Store a dataset (a file, or a ``uri`` the server may read); returns its description."""
+        if (path is None) == (uri is None):
+            raise ValueError("give a dataset file or a uri, not both")
+        source = Path(path) if path is not None else None
+        if source is not None and not source.is_file():
+            raise FileNotFoundError(f"no such file: {source}")
+        fields = _fields(uri=uri, preprocess=json.dumps(preprocess) if preprocess is not None else None)
+        with ExitStack() as files_open:
+
+            def request() -> dict[str, Any]:
+                files_open.close()
+                files = (
+                    {"file": (source.name, files_open.enter_context(source.open("rb")))} if source else None
+                )
+                return {"files": files, "data": fields}
+
+            return dict(self._transport.request("POST", "/datasets", request).json())
+
+    def datasets(self, limit: int = 100) -> list[dict[str, Any]]:
+        """This tenant's stored datasets, newest first."""
+        page = self._transport.request("GET", "/datasets", _constant({"params": {"limit": limit}})).json()
+        return list(page["items"])
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Remove a stored dataset (Conflict while a queued or running job reads it)."""
+        self._transport.delete(f"/datasets/{dataset_id}")
+
 
 def _constant(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     return lambda: args

@@ -8,9 +8,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from app.cli import compress, db, download, jobs, keys, serve, submit, webhooks, worker
+from app.cli import compress, datasets, db, download, jobs, keys, serve, submit, webhooks, worker
 
-COMMANDS = (compress, submit, jobs, download, serve, worker, db, keys, webhooks)
+COMMANDS = (compress, submit, jobs, download, datasets, serve, worker, db, keys, webhooks)
 
 
 def build_parser() -> argparse.ArgumentParser:
