@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.cli.config_options import add_config_options, config_from_args
+from app.cli.data_sources import local_path
 from app.cli.failures import EXIT_FAILED, CommandError, guarded
 from app.cli.summary import summary_table
 from client.progress import ProgressDisplay
@@ -30,7 +31,10 @@ def register(subcommands: Any) -> None:
     )
     parser.add_argument("model", metavar="MODEL", help="a torch.export .pt2, an ONNX or a TorchScript file")
     parser.add_argument(
-        "--data", required=True, metavar="DATA", help=".npz/.safetensors with x (and y), or an image archive"
+        "--data",
+        required=True,
+        metavar="DATA",
+        help=".npz/.safetensors with x (and y), or an image archive: a path or a file://, http(s):// or s3:// URI",
     )
     parser.add_argument(
         "-o", "--output", required=True, metavar="OUT", help="where to write the compressed model"
@@ -239,9 +243,9 @@ def _readable_as_usual(path: Path) -> None:
 
 
 def _check_paths(args: argparse.Namespace) -> dict[str, Path]:
-    paths = {"model": Path(args.model), "data": Path(args.data), "output": Path(args.output)}
+    paths = {"model": Path(args.model), "data": local_path(args.data), "output": Path(args.output)}
     if args.eval_data:
-        paths["eval_data"] = Path(args.eval_data)
+        paths["eval_data"] = local_path(args.eval_data)
     for name in ("model", "data", "eval_data"):
         path = paths.get(name)
         if path is not None and not path.is_file():

@@ -100,3 +100,42 @@ def test_bad_input_exits_2_with_one_line(
     assert len(errors) == 1 and errors[0].startswith("specprune compress: error: "), result.stderr
     assert message in errors[0]
     assert "Traceback" not in result.stderr and not (tmp_path / "out.pt2").exists()
+
+
+def test_compress_reads_data_by_file_and_http_uri(model_and_data: tuple[Path, Path], tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    model, data = model_and_data
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(data.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for source in (data.as_uri(), f"http://127.0.0.1:{server.server_port}/{data.name}"):
+            out = tmp_path / "small.pt2"
+            result = run_specprune(
+                "compress",
+                str(model),
+                "--data",
+                source,
+                "-o",
+                str(out),
+                "--flops-ratio",
+                "0.7",
+                "--no-latency",
+            )
+            assert result.returncode == 0, result.stderr
+            assert out.is_file()
+            out.unlink()
+        missing = run_specprune(
+            "compress",
+            str(model),
+            "--data",
+            f"http://127.0.0.1:{server.server_port}/nope.npz",
+            "-o",
+            str(tmp_path / "x.pt2"),
+        )
+        assert missing.returncode == 2 and "could not fetch" in missing.stderr
+    finally:
+        server.shutdown()
