@@ -1,7 +1,7 @@
 """``.pt2`` (``torch.export.save``) programs, read without running anything from the file.
 
 ``torch.export.load`` is not used on uploads: it unpickles several payloads (falling back to
-``torch.load(weights_only=False)``), evaluates shape expressions and executes guard code (see
+``torch.load`` with ``weights_only`` off), evaluates shape expressions and executes guard code (see
 :mod:`core.formats.pt2_checks`). Instead the archive layout, payload configs and program JSON are
 checked first, and only then are torch's non-pickling pieces used: the raw-tensor weight reader and
 the program deserializer. The sample inputs, the one pickle a ``.pt2`` always holds, are read with

@@ -2,7 +2,7 @@
 
 ``torch.export.load`` (torch 2.13) is not safe on untrusted files; each of these runs code from the file:
 - pickled payloads: weights or constants with ``use_pickle``, opaque objects (``pickle.loads``),
-  custom objects, and the sample inputs, which fall back to ``torch.load(weights_only=False)`` when the
+  custom objects, and the sample inputs, which fall back to ``torch.load`` with ``weights_only`` off when the
   safe unpickler refuses them;
 - symbolic shape expressions (``expr_str``), parsed by ``sympy.sympify``, which calls ``eval``;
 - ``guards_code``, Python source that ``ExportedProgram.module()`` passes to ``exec``;

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from typing import Annotated, Any
 
@@ -13,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import crud
 from app.api.deps import CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep, StorageDep
+from app.cursors import decode_cursor, encode_cursor
 from app.dataset_uploads import DatasetCreator, dataset_form_spec, dataset_key
 from app.models import dataset_storage_prefix, new_id
 from app.problems import Problem
@@ -93,10 +92,10 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="next_after from the previous page")] = None,
 ) -> DatasetList:
-    before_seq = _decode_cursor(after) if after else None
+    before_seq = decode_cursor("dataset", after) if after else None
     rows = crud.list_datasets(session, tenant_id=tenant.id, limit=limit + 1, before_seq=before_seq)
     page = rows[:limit]
-    next_after = _encode_cursor(page[-1].seq) if len(rows) > limit else None
+    next_after = encode_cursor("dataset", page[-1].seq) if len(rows) > limit else None
     return DatasetList(items=[dataset_public(row) for row in page], next_after=next_after)
 
 
@@ -130,18 +129,3 @@ def delete_dataset(
 
 def _not_found(dataset_id: str) -> Problem:
     return Problem("not-found", f"no dataset {dataset_id}")
-
-
-def _encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"dataset:{seq}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, seq = text.partition(":")
-        if prefix != "dataset" or not seq.isdigit():
-            raise ValueError(text)
-        return int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Problem("bad-request", "'after' is not a cursor returned by this API") from None

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -16,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import crud, webhook_store
 from app.api.deps import CurrentTenant, DispatcherDep, SessionDep, SessionFactoryDep, SettingsDep, StorageDep
+from app.cursors import decode_cursor, encode_cursor
 from app.db import session_scope
 from app.events import job_event_stream
 from app.models import Job, JobStatus, job_storage_prefix, new_id
@@ -130,10 +129,10 @@ def list_jobs(
     after: Annotated[str | None, Query(description="next_after from the previous page")] = None,
     status: JobStatus | None = None,
 ) -> JobList:
-    before_seq = decode_cursor(after) if after else None
+    before_seq = decode_cursor("job", after) if after else None
     jobs = crud.list_jobs(session, tenant_id=tenant.id, limit=limit + 1, before_seq=before_seq, status=status)
     page = jobs[:limit]
-    next_after = encode_cursor(page[-1].seq) if len(jobs) > limit else None
+    next_after = encode_cursor("job", page[-1].seq) if len(jobs) > limit else None
     return JobList(items=[job_public(job) for job in page], next_after=next_after)
 
 
@@ -333,21 +332,6 @@ def _finished_job(session: Session, tenant_id: str, job_id: str) -> Job:
 
 def _not_found(job_id: str) -> Problem:
     return Problem("not-found", f"no job {job_id}")
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"job:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, seq = text.partition(":")
-        if prefix != "job" or not seq.isdigit():
-            raise ValueError(text)
-        return int(seq)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise Problem("bad-request", "'after' is not a cursor returned by this API") from None
 
 
 def content_disposition(filename: str) -> str:
