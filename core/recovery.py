@@ -24,6 +24,7 @@ from core.calibration import Samples
 from core.errors import ConfigError, LabelError
 
 Mode = Literal["none", "finetune", "distill"]
+MAX_GRAD_NORM = 5.0  # gradient-norm clip: with BatchNorm frozen nothing else bounds a step
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,10 @@ def recover(
             target = data.labels[index].to(device) if config.mode == "finetune" else teacher(*inputs)  # type: ignore[index]
         loss = _loss(config, student(*inputs), target)
         optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"recovery diverged at step {step} (loss {float(loss)}); lower lr")
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)  # frozen BN lets one bad step blow up
         optimizer.step()
         schedule.step()
         step += 1
