@@ -3,7 +3,8 @@
     python -m bench.quality --models small_cnn resnet20 vgg11_bn --ratios 0.75 0.5 0.25
 
 For each trained checkpoint (``bench/checkpoints/<name>.safetensors``) and FLOPs ratio it prunes with
-``spectral`` (its own adaptive widths), then ``l1`` and ``random`` (a) at spectral's per-layer widths and
+``spectral`` (its own adaptive widths), ``spectral`` with the earlier defaults (``allocation="spectrum"``,
+``residual="keep"``), then ``l1`` and ``random`` (a) at spectral's per-layer widths and
 (b) at their own allocation (the same fraction of every layer) for the same FLOPs, and evaluates all on
 the CIFAR-10 test split. Results go to ``bench/results/quality.json`` and a markdown table on stdout.
 """
@@ -82,6 +83,16 @@ def bench_model(
             "original": spectral["original_top1"],
             "spectral": spectral,
         }
+        row["spectral_uniform_energy"] = (
+            run_one(  # the earlier default: one retained-energy level, streams whole
+                program,
+                calib,
+                evaluation,
+                CompressionConfig(
+                    flops_ratio=ratio, theta=theta, ridge=ridge, allocation="spectrum", residual="keep"
+                ),
+            )
+        )
         for method in ("l1", "random"):
             row[f"{method}_same_widths"] = run_one(
                 program, calib, evaluation, CompressionConfig(method=method, widths=spectral["widths"])
@@ -95,8 +106,9 @@ def bench_model(
 
 
 HEADER = (
-    "| model | FLOPs kept | original | spectral | l1 (same widths) | random (same widths) | l1 (own) | random (own) |\n"
-    "|---|---|---|---|---|---|---|---|"
+    "| model | FLOPs kept | original | spectral | spectral (energy widths, streams whole) "
+    "| l1 (same widths) | random (same widths) | l1 (own) | random (own) |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -110,7 +122,10 @@ def markdown_row(row: dict[str, Any]) -> str:
         pct(row["original"]),
         pct(row["spectral"]["top1"]),
     ]
-    cells += [pct(row[k]["top1"]) for k in ("l1_same_widths", "random_same_widths", "l1_own", "random_own")]
+    cells += [
+        pct(row[k]["top1"])
+        for k in ("spectral_uniform_energy", "l1_same_widths", "random_same_widths", "l1_own", "random_own")
+    ]
     return "| " + " | ".join(cells) + " |"
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import fx
 
 from core import calibration as cal
-from core import metrics, rewrite, spectrum, widths
+from core import metrics, rewrite, sensitivity, spectrum, widths
 from core.config import CompressionConfig
 from core.cost import CostModel, Widths
 from core.covariance import Moments, Observation, collect_moments
@@ -34,6 +34,7 @@ from core.sequential import sequential_refit
 
 Progress = Callable[[str, float], None]
 DOF_LAMBDA = 1e-3  # N(lambda) is reported at lambda = 1e-3 tr S: directions above 0.1% of the energy
+SENSITIVITY_SAMPLES = 256  # calibration samples on which each group's output error is probed
 ACTIVATION_BUDGET = {"cpu": 1 << 30, "cuda": 4 << 30}  # bytes of activations per calibration batch
 
 
@@ -134,8 +135,10 @@ def _allocate(
     skipped: dict[str, str],
     retained: dict[str, np.ndarray],
     cost: CostModel,
+    output_loss: dict[str, np.ndarray] | None = None,
 ) -> dict[str, int]:
-    """Widths per prunable group, by the config's width rule."""
+    """Widths per prunable group, by the config's width rule (``output_loss``: ``D_g(k)`` curves for
+    the sensitivity allocation)."""
     if not groups:
         return {}
     if config.widths is not None:
@@ -149,7 +152,19 @@ def _allocate(
     def ratio(chosen: dict[str, int]) -> float:
         return measure(_space_widths(groups, chosen)) / total
 
-    if config.method == "spectral":
+    if config.method == "spectral" and output_loss is not None:
+        full = ratio({g.name: g.size for g in groups})
+        unit = {
+            g.name: (full - ratio({g.name: 1})) / max(g.size - 1, 1) for g in groups
+        }  # cost of one channel of g, the others whole
+
+        def knob(t: float) -> dict[str, int]:
+            return sensitivity.lagrangian_widths(groups, output_loss, unit, t)
+
+        def priority(name: str, k: int, added: float) -> float:
+            return float(output_loss[name][k] - output_loss[name][k + 1]) / max(added, 1e-12)
+
+    elif config.method == "spectral":
 
         def knob(t: float) -> dict[str, int]:
             return widths.for_alpha(groups, retained, t)
@@ -214,6 +229,37 @@ def _select(
         for s in g.spaces:
             kept[s] = chosen_idx
     return kept
+
+
+def _output_loss(
+    gm: fx.GraphModule,
+    analysis: GraphAnalysis,
+    groups: list[ChannelGroup],
+    orders: dict[str, torch.Tensor],
+    retained: dict[str, np.ndarray],
+    stats: dict[str, _GroupStats],
+    batches: list[cal.Batch],
+    config: CompressionConfig,
+    device: torch.device,
+    clock: _Clock,
+) -> dict[str, np.ndarray]:
+    """``D_g(k)`` per group, probed on the first ``SENSITIVITY_SAMPLES`` calibration samples."""
+    probe: list[cal.Batch] = []
+    while len(probe) < len(batches) and sum(b[0].shape[0] for b in probe) < SENSITIVITY_SAMPLES:
+        probe.append(tuple(x.to(device) for x in batches[len(probe)]))
+    try:
+        return sensitivity.output_curves(
+            gm.to(device),
+            analysis,
+            groups,
+            orders,
+            {name: 1.0 - r for name, r in retained.items()},
+            lambda g, kept: _refits([g], stats, {s: kept for s in g.spaces}, config.ridge),
+            probe,
+            lambda i, n: clock.report(0.25 + 0.25 * i / n),
+        )
+    finally:
+        gm.cpu()
 
 
 def _refits(groups: list[ChannelGroup], stats: dict[str, _GroupStats], kept: Kept, ridge: float) -> Refits:
@@ -294,6 +340,10 @@ def _prune(
         analysis = analyse(gm, probe)
     except Exception as exc:
         raise UnsupportedModelError(f"the model does not run on the calibration data: {exc}") from exc
+    if config.residual == "keep":
+        for g in analysis.groups:
+            if g.coupling == "residual" and g.skipped is None:
+                g.skipped = "residual stream: its channels are tied to an identity path (residual='keep')"
     one = _single(data, specs)
     cost = CostModel(analysis, gm, metrics.count_flops(gm, one) / one[0].shape[0])
     batch = _batch_size(analysis, probe[0].shape[0], device, specs)
@@ -314,12 +364,22 @@ def _prune(
         g.name: consumer_gram(_consumer_weights(gm, g, analysis, {})).to(stats[g.name].second_moment.device)
         for g in prunable
     }
-    retained = {}
+    retained, orders = {}, {}
     for i, g in enumerate(prunable):
         sel = greedy_select(stats[g.name].second_moment, grams[g.name], config.theta, stats[g.name].tau)
         retained[g.name] = np.array([sel.retained(k) for k in range(g.size + 1)])
-        clock.report(0.5 * (i + 1) / max(len(prunable), 1))
-    chosen = _allocate(config, prunable, skipped, retained, cost)
+        orders[g.name] = sel.order
+        clock.report(0.25 * (i + 1) / max(len(prunable), 1))
+    output_loss = None
+    if (
+        config.method == "spectral"
+        and config.allocation == "sensitivity"
+        and config.width_rule.endswith("_ratio")
+    ):
+        output_loss = _output_loss(
+            gm, analysis, prunable, orders, retained, stats, batches, config, device, clock
+        )
+    chosen = _allocate(config, prunable, skipped, retained, cost, output_loss)
     kept = _select(config, gm, analysis, prunable, stats, chosen, clock)
 
     clock.stage("reconstruction")

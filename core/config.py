@@ -13,6 +13,8 @@ CONFIG_VERSION = 1
 Method = Literal["spectral", "l1", "random"]
 Device = Literal["auto", "cpu", "cuda"]
 Refit = Literal["sequential", "independent"]
+Allocation = Literal["sensitivity", "spectrum"]
+Residual = Literal["prune", "keep"]
 METHODS: tuple[str, ...] = ("spectral", "l1", "random")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 WIDTH_RULES: tuple[str, ...] = ("flops_ratio", "params_ratio", "alpha", "widths")
@@ -26,7 +28,7 @@ class CompressionConfig:
     - ``method``: ``spectral`` (selection + reconstruction), ``l1`` (Li et al. 2017 filter norms, no
       reconstruction) or ``random`` (seeded, no reconstruction); all share groups and width rules.
     - ``flops_ratio`` / ``params_ratio``: fraction of the original FLOPs / parameters to keep, met within
-      1% by one global knob (a retained-energy level ``alpha``) found by bisection.
+      1% by one global knob found by bisection (see ``allocation``).
     - ``alpha``: each group keeps the fewest channels whose retained ratio ``1 - L_A(J)/tr S`` >= alpha.
     - ``widths``: explicit kept widths by group name (as in the report's ``layers[].name``); groups not
       named keep their width.
@@ -36,6 +38,10 @@ class CompressionConfig:
     - ``refit``: ``sequential`` re-fits each consumer to the already-pruned network upstream (one
       partial forward pass per pruned group); ``independent`` uses the original network's statistics
       only (one pass in all, the paper's form).
+    - ``allocation``: how a FLOPs/params target is split across groups: ``sensitivity`` (local loss
+      curves scaled by each group's measured output error, summed error minimised) or ``spectrum`` (one
+      retained-energy level for all).
+    - ``residual``: ``prune`` residual streams as coupled groups, or ``keep`` them whole.
     - ``calibration_samples``: at most this many calibration samples are used (seeded draw).
     - ``device``: where statistics and selection run; ``auto`` takes CUDA when present.
     - ``recovery``: fine-tuning or distillation after pruning (``RecoveryConfig`` or its dict form),
@@ -50,6 +56,8 @@ class CompressionConfig:
     theta: float = 0.3
     ridge: float = 1e-5
     refit: Refit = "sequential"
+    allocation: Allocation = "sensitivity"
+    residual: Residual = "prune"
     calibration_samples: int = 1024
     device: Device = "auto"
     seed: int = 0
@@ -66,6 +74,10 @@ class CompressionConfig:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if self.refit not in ("sequential", "independent"):
             raise ConfigError(f"refit must be sequential or independent, got {self.refit!r}")
+        if self.allocation not in ("sensitivity", "spectrum"):
+            raise ConfigError(f"allocation must be sensitivity or spectrum, got {self.allocation!r}")
+        if self.residual not in ("prune", "keep"):
+            raise ConfigError(f"residual must be prune or keep, got {self.residual!r}")
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         for name in ("flops_ratio", "params_ratio"):

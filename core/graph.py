@@ -580,8 +580,6 @@ class _Tracer:
             consumers = [c for c in self.consumers if c.layout.spaces & in_group]
             skipped = reasons[0] if reasons else None
             coupling = "residual" if in_group & self.additive else None
-            if skipped is None and coupling:
-                skipped = "residual stream: its channels are tied to an identity path by an addition"
             if skipped is None and not consumers:
                 skipped = "no layer consumes its channels"
             name = first.name if len(spaces) == 1 else f"{first.name}+{len(spaces) - 1}"

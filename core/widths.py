@@ -98,4 +98,36 @@ def meet_target(
         if best is None:
             break
         widths[best] += 1
+    if cost(widths) < target * (1 - tolerance):  # coarse channels: no single addition lands in the band
+        widths = _swap_into_band(widths, sizes, cost, target, tolerance, priority)
     return widths
+
+
+def _swap_into_band(
+    widths: GroupWidths,
+    sizes: dict[str, int],
+    cost: Callable[[GroupWidths], float],
+    target: float,
+    tolerance: float,
+    priority: Callable[[str, int, float], float],
+) -> GroupWidths:
+    """Add a channel to one group and take one from another, choosing the pair with the best
+    priority balance among those whose cost lands within ``tolerance`` of the target."""
+    now = cost(widths)
+    best, best_score = None, -float("inf")
+    for a, ka in widths.items():
+        if ka >= sizes[a]:
+            continue
+        added = {**widths, a: ka + 1}
+        gain = priority(a, ka, cost(added) - now)
+        for b, kb in widths.items():
+            if b == a or kb <= 1:
+                continue
+            trial = {**added, b: kb - 1}
+            c = cost(trial)
+            if abs(c - target) > target * tolerance:
+                continue
+            score = gain - priority(b, kb - 1, cost(added) - c)
+            if score > best_score:
+                best, best_score = trial, score
+    return best if best is not None else widths

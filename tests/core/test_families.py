@@ -75,15 +75,17 @@ def test_compressed_model_runs_fresh_with_dynamic_batch(family: str, run_fresh) 
 
 def test_analysis_reports_what_it_leaves_alone() -> None:
     program, x = _setup("resnet")
-    report = compress(program, x, CompressionConfig(flops_ratio=0.7), measure_latency=False).report
+    config = CompressionConfig(flops_ratio=0.7, residual="keep")
+    report = compress(program, x, config, measure_latency=False).report
     reasons = {s["name"]: s["reason"] for s in report["skipped"]}
     assert "residual stream" in reasons["stem.0+1"]
     assert "output" in reasons["fc"]
-    assert {layer["name"] for layer in report["layers"]} == {
-        "layers.0.conv1",
-        "layers.1.conv1",
-        "layers.2.conv1",
-    }
+    inner = {"layers.0.conv1", "layers.1.conv1", "layers.2.conv1"}
+    assert {layer["name"] for layer in report["layers"]} == inner
+
+    report = compress(program, x, CompressionConfig(flops_ratio=0.7), measure_latency=False).report
+    streams = {"stem.0+1", "layers.1.conv2+2"}  # each stage's stream, one coupled group
+    assert {layer["name"] for layer in report["layers"]} == inner | streams
 
     program, x = _setup("transformer")
     report = compress(program, x, CompressionConfig(flops_ratio=0.8), measure_latency=False).report

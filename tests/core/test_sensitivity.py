@@ -1,0 +1,66 @@
+"""Sensitivity-aware width allocation: probes restore the model, and quiet layers give way to loud ones."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core import CompressionConfig, compress
+from core.graph import analyse
+from core.sensitivity import pruned_alone, relative_error
+from tests.core import models
+
+
+class _TwoBranches(nn.Module):
+    """Two alike hidden layers side by side; the head reads branch ``quiet`` through 1/100 weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loud = nn.Linear(16, 32)
+        self.quiet = nn.Linear(16, 32)
+        self.head = nn.Linear(64, 4)
+        with torch.no_grad():
+            self.head.weight[:, 32:] *= 0.01
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([torch.relu(self.loud(x)), torch.relu(self.quiet(x))], dim=1))
+
+
+def _data(n: int = 512) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(n, 16) @ torch.diag(torch.linspace(2.0, 0.1, 16))  # a decaying input spectrum
+
+
+def test_a_probe_narrows_one_group_and_restores_the_model_exactly() -> None:
+    torch.manual_seed(0)
+    model = models.randomize_bn(models.VGGLike()).eval()
+    x = torch.randn(8, 3, 16, 16)
+    gm = models.export(model, x[:4]).module()
+    analysis = analyse(gm, (x[:2],))
+    g = analysis.prunable[0]
+    before = gm(x)
+    params = {name: p for name, p in gm.named_parameters()}
+    with pruned_alone(gm, analysis, g, torch.arange(0, g.size, 2), {}):
+        inside = gm(x).detach()
+        assert relative_error([inside.double()], [before.double()]) > 1e-4  # columns dropped, no re-fit
+    assert torch.equal(gm(x), before)
+    assert all(p is params[name] for name, p in gm.named_parameters())
+
+
+def test_sensitivity_allocation_prunes_the_layer_the_output_barely_hears() -> None:
+    x = _data()
+    program = models.export(_TwoBranches().eval(), x[:4])
+    reports = {
+        allocation: compress(
+            program, x, CompressionConfig(flops_ratio=0.6, allocation=allocation), measure_latency=False
+        ).report
+        for allocation in ("sensitivity", "spectrum")
+    }
+    widths = {
+        allocation: {layer["name"]: layer["width_after"] for layer in report["layers"]}
+        for allocation, report in reports.items()
+    }
+    assert widths["sensitivity"]["quiet"] < widths["sensitivity"]["loud"] // 2, widths
+    assert abs(widths["spectrum"]["quiet"] - widths["spectrum"]["loud"]) <= 4, widths  # alike spectra
+    error = {allocation: report["compressed"]["output_error"] for allocation, report in reports.items()}
+    assert error["sensitivity"] < 0.5 * error["spectrum"], error
