@@ -176,15 +176,10 @@ def recover(
         p.requires_grad_(True)
     optimizer = _optimizer(config, params)
     total = config.total_steps(len(data))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
     ckpt = _Checkpoint(checkpoint_dir, fingerprint)
     state = ckpt.load(student, optimizer) or {"step": 0, "curve": []}
     step, curve = int(state["step"]), list(state["curve"])
     resumed = step
-    schedule.last_epoch = step - 1
-    schedule.step()
     per_epoch = math.ceil(len(data) / config.batch_size)
     gen = torch.Generator().manual_seed(seed)
     epoch_losses: list[float] = []
@@ -198,16 +193,19 @@ def recover(
             inputs = (_augment(inputs[0], gen), *inputs[1:])
         with torch.no_grad():
             target = data.labels[index].to(device) if config.mode == "finetune" else teacher(*inputs)  # type: ignore[index]
+        for group in optimizer.param_groups:  # cosine: lr_s = lr (1 + cos(pi s / total)) / 2
+            group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * step / total))
         loss = _loss(config, student(*inputs), target)
         optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"recovery diverged at step {step} (loss {float(loss)}); lower lr")
+            raise FloatingPointError(
+                f"recovery diverged at step {step} (loss {float(loss.detach())}); lower lr"
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)  # frozen BN lets one bad step blow up
         optimizer.step()
-        schedule.step()
         step += 1
-        epoch_losses.append(float(loss))
+        epoch_losses.append(float(loss.detach()))
         if progress is not None:
             progress(step / total)
         if step % per_epoch == 0 or step == total:

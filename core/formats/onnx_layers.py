@@ -44,6 +44,7 @@ def _weight(node: NodeSpec, ctx: OpContext, index: int, what: str) -> np.ndarray
         raise UnsupportedFormatError(
             f"the ONNX {node.op_type} {node.name!r} computes its {what} at run time."
         )
+    ctx.absorb(node, index)
     return value
 
 

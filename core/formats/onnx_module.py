@@ -51,6 +51,7 @@ class OnnxModule(nn.Module):
         self._output_names = list(graph.outputs)
         self._static: dict[str, Ints] = {}
         self._buffer_paths: dict[str, str] = {}
+        self._absorbed: set[tuple[int, int]] = set()  # (id of node, input index) held by a layer
         self._steps = [self._build(node) for node in graph.nodes]
         self._bind_constants()
         self._constants = {}  # built: the values now live in parameters, buffers and _static
@@ -60,6 +61,10 @@ class OnnxModule(nn.Module):
     def constant(self, name: str) -> np.ndarray | None:
         """The constant value called ``name``, or ``None`` when it is computed at run time."""
         return self._constants.get(name)
+
+    def absorb(self, node: NodeSpec, index: int) -> None:
+        """Input ``index`` of ``node`` was copied into a layer's parameters: not a run-time input."""
+        self._absorbed.add((id(node), index))
 
     def add_layer(self, hint: str, module: ModuleT) -> ModuleT:
         """Register ``module`` under the dotted path ``hint`` (made unique and attribute-safe)."""
@@ -83,7 +88,8 @@ class OnnxModule(nn.Module):
         if builder is None:
             raise UnsupportedFormatError(f"the ONNX operator {node.op_type} is not supported.")
         run = builder(node, self)
-        return _Step(run, tuple(node.inputs), tuple(node.outputs), node.op_type)
+        inputs = tuple("" if (id(node), i) in self._absorbed else x for i, x in enumerate(node.inputs))
+        return _Step(run, inputs, tuple(node.outputs), node.op_type)
 
     def _bind_constants(self) -> None:
         """Constants read at run time: small integer vectors stay Python values, the rest become

@@ -41,6 +41,9 @@ class OpContext(Protocol):
 
     def constant(self, name: str) -> np.ndarray | None: ...
 
+    def absorb(self, node: NodeSpec, index: int) -> None:
+        """Input ``index`` of ``node`` now lives in a layer: the step does not read it at run time."""
+
     def add_layer(self, hint: str, module: ModuleT) -> ModuleT: ...
 
 

@@ -106,6 +106,9 @@ def test_cnn_in_legacy_exporter_style(tmp_path: Path) -> None:
         loaded.program.graph_signature.parameters
     )
     assert {"bn1.running_mean", "bn1.running_var"} <= set(loaded.program.graph_signature.buffers)
+    stored = sum(t.numel() for t in loaded.program.state_dict.values())
+    weights = sum(int(np.prod(t.dims)) for t in initializers if t.data_type == TensorProto.FLOAT)
+    assert stored <= weights + 8, "weights copied into layers must not also be kept as buffers"
 
 
 def test_transformer_mlp_with_matmul_bias_and_erf_gelu(tmp_path: Path) -> None:
