@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     recovery_samples: int = Field(default=50_000, ge=1)
     # Wall-clock limit for inspecting an uploaded dataset (POST /datasets) in the sandbox.
     dataset_inspect_seconds: float = Field(default=600.0, gt=0)
+    # Inspections (sandboxed child processes) one API process runs at once; further uploads wait up to
+    # dataset_inspect_wait_seconds for a slot, then get 503 with Retry-After.
+    dataset_inspections: int = Field(default=2, ge=1)
+    dataset_inspect_wait_seconds: float = Field(default=30.0, ge=0)
     # Dataset references (comma-separated; empty allows none): file:// only under these directories,
     # http(s):// only to these host names, s3:// only in these buckets (never the artifact bucket).
     dataset_file_roots: str = ""

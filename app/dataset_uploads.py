@@ -4,6 +4,7 @@ first bytes are of no dataset format, then described by inspecting it in the san
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ class DatasetCreator:
     settings: Settings
     sessions: SessionFactory
     storage: Storage
+    slots: threading.BoundedSemaphore
 
     def create(self, *, dataset_id: str, tenant_id: str, prefix: str, form: ReceivedForm) -> Dataset:
         """Validate, inspect (in the sandbox) and record the dataset; Problem 413, 415 or 422 otherwise."""
@@ -102,6 +104,13 @@ class DatasetCreator:
         return uri.filename, uri.raw, stored
 
     def _inspect(self, filename: str, key: str, preprocess: dict[str, Any] | None) -> Any:
+        wait = self.settings.dataset_inspect_wait_seconds
+        if not self.slots.acquire(timeout=wait):
+            raise Problem(
+                "busy",
+                f"{filename}: every dataset inspection slot stayed taken for {wait:g} s",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
         try:
             return inspect_dataset(self.settings, self.storage, key, preprocess)
         except InspectionFailed as exc:
@@ -110,6 +119,8 @@ class DatasetCreator:
                     "unsupported-dataset-format", f"{filename}: {exc}", code=exc.code, hint=sniff.DATASET_HINT
                 ) from None
             raise Problem("invalid-dataset", f"{filename}: {exc}", code=exc.code) from None
+        finally:
+            self.slots.release()
 
 
 def _too_large(limit: int) -> Problem:

@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.settings = settings
     app.state.sessions = sessions
     app.state.storage = storage
+    app.state.inspection_slots = threading.BoundedSemaphore(settings.dataset_inspections)
     app.state.dispatcher = dispatcher
     app.state.metrics = metrics
     register_problem_handlers(app)

@@ -111,6 +111,12 @@ KINDS: dict[str, ProblemKind] = {
             "This Idempotency-Key was used with a different payload.",
         ),
         ProblemKind(
+            "busy",
+            503,
+            "Busy",
+            "Every dataset inspection slot of this server is taken; retry after the Retry-After delay.",
+        ),
+        ProblemKind(
             "not-ready", 503, "Not ready", "A dependency (database, broker, storage) is unreachable."
         ),
         ProblemKind(

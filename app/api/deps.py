@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -34,6 +35,10 @@ def get_storage(request: Request) -> Storage:
     return request.app.state.storage  # type: ignore[no-any-return]
 
 
+def get_inspection_slots(request: Request) -> threading.BoundedSemaphore:
+    return request.app.state.inspection_slots  # type: ignore[no-any-return]
+
+
 def get_dispatcher(request: Request) -> JobDispatcher:
     return request.app.state.dispatcher  # type: ignore[no-any-return]
 
@@ -43,6 +48,7 @@ SessionFactoryDep = Annotated[SessionFactory, Depends(get_session_factory)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 DispatcherDep = Annotated[JobDispatcher, Depends(get_dispatcher)]
+InspectionSlotsDep = Annotated[threading.BoundedSemaphore, Depends(get_inspection_slots)]
 
 
 def get_current_tenant(request: Request, session: SessionDep, settings: SettingsDep) -> Tenant:

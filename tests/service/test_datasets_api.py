@@ -211,3 +211,18 @@ def _tenant(api: Api, headers: dict[str, str]) -> str:
         tenant = crud.authenticate(session, token=token)
         assert tenant is not None
         return tenant.id
+
+
+def test_uploads_wait_for_an_inspection_slot_then_get_503(api_factory) -> None:
+    api = api_factory(dataset_inspections=1, dataset_inspect_wait_seconds=0.2)
+    headers = api.new_tenant()
+    slots = api.client.app.state.inspection_slots  # type: ignore[attr-defined]
+    assert slots.acquire(timeout=1)  # another upload is being inspected
+    try:
+        response = _upload(api, headers, random_data(8))
+        busy = assert_problem(response, 503, "busy")
+        assert "inspection slot" in busy["detail"] and response.headers["retry-after"] == "1"
+    finally:
+        slots.release()
+    assert _upload(api, headers, random_data(8)).status_code == 201  # the slot is free again
+    assert api.client.get("/datasets", headers=headers).json()["items"][0]["samples"] == 8

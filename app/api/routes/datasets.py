@@ -10,7 +10,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app import crud
-from app.api.deps import CurrentTenant, SessionDep, SessionFactoryDep, SettingsDep, StorageDep
+from app.api.deps import (
+    CurrentTenant,
+    InspectionSlotsDep,
+    SessionDep,
+    SessionFactoryDep,
+    SettingsDep,
+    StorageDep,
+)
 from app.cursors import decode_cursor, encode_cursor
 from app.dataset_uploads import DatasetCreator, dataset_form_spec, dataset_key
 from app.models import dataset_storage_prefix, new_id
@@ -53,7 +60,7 @@ PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
     openapi_extra={
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": DATASET_FORM_SCHEMA}}}
     },
-    responses={413: PROBLEM, 415: PROBLEM, 422: PROBLEM},
+    responses={413: PROBLEM, 415: PROBLEM, 422: PROBLEM, 503: PROBLEM},
 )
 async def create_dataset(
     request: Request,
@@ -61,8 +68,10 @@ async def create_dataset(
     settings: SettingsDep,
     sessions: SessionFactoryDep,
     storage: StorageDep,
+    slots: InspectionSlotsDep,
 ) -> Response:
-    """Store the file, inspect it in the sandbox and return what it holds (201)."""
+    """Store the file, inspect it in the sandbox and return what it holds (201; 503 while every
+    inspection slot stays taken)."""
     dataset_id = new_id()
     prefix = dataset_storage_prefix(tenant.id, dataset_id)
     form = await receive_form(
@@ -73,7 +82,7 @@ async def create_dataset(
         storage=storage,
         key_for=lambda _field: dataset_key(prefix),
     )
-    creator = DatasetCreator(settings, sessions, storage)
+    creator = DatasetCreator(settings, sessions, storage, slots)
     try:
         dataset = await run_in_threadpool(
             lambda: creator.create(dataset_id=dataset_id, tenant_id=tenant.id, prefix=prefix, form=form)
