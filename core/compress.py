@@ -506,10 +506,12 @@ def compress(
     clock.stage("evaluate")
     one = _single(data, specs)
 
-    def measure(p: torch.export.ExportedProgram, module: torch.nn.Module) -> dict[str, Any]:
-        return _measure(p, module, eval_data, one, eval_batch, measure_latency, reference)
+    def measure(
+        p: torch.export.ExportedProgram, module: torch.nn.Module, outputs: list[torch.Tensor] | None = None
+    ) -> dict[str, Any]:
+        return _measure(p, module, eval_data, one, eval_batch, measure_latency, reference, outputs)
 
-    report: dict[str, Any] = {"original": measure(program, original)}
+    report: dict[str, Any] = {"original": measure(program, original, reference)}
     report["compressed"] = measure(pruned.program, pruned.program.module())
     if config.recovery.enabled:
         report["recovered"] = measure(current, current.module())
@@ -592,9 +594,13 @@ def _measure(
     batch: int,
     measure_latency: bool,
     reference: list[torch.Tensor],
+    outputs: list[torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Params, FLOPs, accuracy, agreement with the original's ``reference`` outputs, and latency."""
-    acc = metrics.score(module, reference, eval_data, batch, torch.device("cpu"))
+    """Params, FLOPs, accuracy, agreement with the original's ``reference`` outputs, and latency
+    (``outputs``: the module's outputs on ``eval_data`` when already known)."""
+    if outputs is None:
+        outputs = metrics.predict(module, eval_data, batch, torch.device("cpu"))
+    acc = metrics.score_outputs(outputs, reference, eval_data.labels, batch)
     latency = None
     if measure_latency:
         big = eval_data.batches(min(32, len(eval_data)))[0] if one[0].shape[0] == 1 else one

@@ -97,11 +97,17 @@ def score(
     module: nn.Module, reference: list[torch.Tensor], data: Samples, batch: int, device: torch.device
 ) -> dict[str, float | None]:
     """Accuracy of ``module`` on ``data`` and its agreement with the ``reference`` outputs."""
+    return score_outputs(predict(module, data, batch, device), reference, data.labels, batch)
+
+
+def score_outputs(
+    outputs: list[torch.Tensor], reference: list[torch.Tensor], labels: torch.Tensor | None, batch: int
+) -> dict[str, float | None]:
+    """``score`` for outputs already computed (batch by batch, as ``predict`` returns them)."""
     acc = Agreement()
-    labels = data.labels.split(batch) if data.labels is not None else [None] * len(reference)
-    with torch.no_grad():
-        for inputs, ref, y in zip(data.batches(batch), reference, labels, strict=True):
-            acc.update(_logits(module(*(x.to(device) for x in inputs))), ref, y)
+    per_batch = labels.split(batch) if labels is not None else [None] * len(reference)
+    for out, ref, y in zip(outputs, reference, per_batch, strict=True):
+        acc.update(out, ref, y)
     return acc.summary()
 
 
