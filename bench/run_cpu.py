@@ -1,7 +1,9 @@
-"""`make bench`: the CPU benchmarks in one run (about 15 minutes on 2 cores).
+"""`make bench`: the CPU benchmarks in one run, under 20 minutes on 2 cores.
 
-Runs the quality table on every committed checkpoint, the theta/ridge/calibration sweep, the speed of the
-analysis, and the service benchmark, each as its own process, and prints where the results went.
+A quick pass over every part: the quality table on the SmallCNN at 0.5 and 0.25 of the FLOPs, a reduced
+theta/ridge/calibration sweep (both into ``bench/results/make_bench/``), the speed of the analysis and
+the service benchmark, each as its own process. BENCHMARKS.md names the longer command behind each full
+table (every checkpoint, three ratios, the whole sweep, recovery).
 """
 
 from __future__ import annotations
@@ -10,37 +12,20 @@ import subprocess
 import sys
 import time
 
-from bench.models import CHECKPOINT_DIR
+from bench.quality import RESULTS
+
+QUICK = RESULTS / "make_bench"  # the quick runs write here, never over the full tables' results
 
 STEPS: list[list[str]] = [
     [
         "bench.quality",
-        "--models",
-        *sorted(p.stem for p in CHECKPOINT_DIR.glob("*.safetensors")),
-        "--ratios",
-        "0.75",
-        "0.5",
-        "0.25",
-        "--eval",
-        "2000",
+        *("--models", "small_cnn", "--ratios", "0.5", "0.25", "--eval", "2000"),
+        *("--out", str(QUICK / "quality.json")),
     ],
     [
         "bench.sweep",
-        "--model",
-        "small_cnn",
-        "--ratio",
-        "0.25",
-        "--thetas",
-        "0",
-        "0.3",
-        "1",
-        "--ridges",
-        "1e-5",
-        "1e-3",
-        "--samples",
-        "256",
-        "1024",
-        "4096",
+        *("--model", "small_cnn", "--ratio", "0.25", "--thetas", "0", "0.3", "1", "--ridges", "1e-5", "1e-3"),
+        *("--samples", "256", "1024", "4096", "--out", str(QUICK / "sweep.json")),
     ],
     ["bench.speed", "--model", "vgg16_bn", "--size", "32", "--samples", "1024"],
     ["bench.service"],
@@ -48,11 +33,13 @@ STEPS: list[list[str]] = [
 
 
 def main() -> None:
+    begin = time.perf_counter()
     for step in STEPS:
         start = time.perf_counter()
         print(f"== python -m {' '.join(step)}", flush=True)
         subprocess.run([sys.executable, "-m", *step], check=True)
         print(f"== {step[0]} took {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"== make bench took {time.perf_counter() - begin:.0f} s in all", flush=True)
 
 
 if __name__ == "__main__":
