@@ -16,6 +16,9 @@ CORE_FIELDS = (
     *WIDTH_RULES,
     "theta",
     "ridge",
+    "refit",
+    "allocation",
+    "residual",
     "calibration_samples",
     "device",
     "seed",
@@ -64,6 +67,9 @@ class JobConfig(BaseModel):
     widths: dict[str, int] | None = None
     theta: float = Field(default=0.3, ge=0, le=1)
     ridge: float = Field(default=1e-5, gt=0, lt=1)
+    refit: Literal["sequential", "independent"] = "sequential"
+    allocation: Literal["sensitivity", "spectrum"] = "sensitivity"
+    residual: Literal["prune", "keep"] = "prune"
     calibration_samples: int = Field(default=1024, ge=1)
     output_format: OutputFormat = "same"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,5 +1,6 @@
 """The compression options shared by ``specprune compress`` (run here) and ``specprune submit`` (run by
-the service): one width rule, the method, the device, calibration samples, the seed, and ``--config``
+the service): one width rule, the method, the device, the re-fit, the width allocation, residual streams,
+calibration samples, the seed, and ``--config``
 for anything else (e.g. recovery). Only the options given are sent; the rest keep their defaults."""
 
 from __future__ import annotations
@@ -35,6 +36,21 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--method", choices=METHODS, help="spectral (default), l1 or random")
     group.add_argument("--device", choices=DEVICES, help="auto (default: CUDA when present), cpu or cuda")
     group.add_argument(
+        "--refit",
+        choices=("sequential", "independent"),
+        help="re-fit to the pruned network (sequential, default)",
+    )
+    group.add_argument(
+        "--allocation",
+        choices=("sensitivity", "spectrum"),
+        help="split a FLOPs/params target by measured output error (sensitivity, default) or one energy level",
+    )
+    group.add_argument(
+        "--residual",
+        choices=("prune", "keep"),
+        help="prune residual streams as coupled groups (default) or keep",
+    )
+    group.add_argument(
         "--calibration-samples", type=_positive_int, metavar="N", help="at most N samples (1024)"
     )
     group.add_argument("--seed", type=_seed, metavar="S", help="seeds the calibration draw and random (0)")
@@ -59,6 +75,9 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "widths",
             "method",
             "device",
+            "refit",
+            "allocation",
+            "residual",
             "calibration_samples",
             "seed",
         )

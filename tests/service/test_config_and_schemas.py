@@ -85,6 +85,14 @@ def test_job_config_defaults_and_core_conversion() -> None:
     assert core.method == "l1" and core.widths == {"conv1": 3} and core.flops_ratio is None
     assert core.width_rule == "widths" and core.seed == 3
     assert "output_format" not in JobConfig().core_dict()
+    every_core_field = JobConfig(refit="independent", allocation="spectrum", residual="keep").to_core()
+    assert (every_core_field.refit, every_core_field.allocation, every_core_field.residual) == (
+        "independent",
+        "spectrum",
+        "keep",
+    )
+    defaults = JobConfig().to_core()
+    assert (defaults.refit, defaults.allocation, defaults.residual) == ("sequential", "sensitivity", "prune")
 
 
 @pytest.mark.parametrize(
@@ -98,6 +106,8 @@ def test_job_config_defaults_and_core_conversion() -> None:
         {"seed": -1},
         {"flops_ratio": float("nan")},
         {"widths": {}},
+        {"allocation": "uniform"},
+        {"residual": "drop"},
         {"version": 1},
     ],
 )
