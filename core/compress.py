@@ -385,7 +385,9 @@ def _prune(
     clock.stage("reconstruction")
     space_widths = _space_widths(prunable, chosen)
     layers = [
-        _layer_entry(g, stats[g.name], grams[g.name], kept.get(g.spaces[0]), chosen[g.name]) for g in prunable
+        _layer_entry(g, stats[g.name], grams[g.name], kept.get(g.spaces[0]), chosen[g.name])
+        | {"output_loss": float(output_loss[g.name][chosen[g.name]]) if output_loss else None}
+        for g in prunable
     ]
     if config.method == "spectral" and config.refit == "sequential":
         original = program.module().to(device)

@@ -107,8 +107,10 @@ def test_report_is_complete_and_json_serialisable(vgg) -> None:
         "retained",
         "loss_input",
         "loss_output",
+        "output_loss",
     }
     assert all(layer_keys <= set(layer) for layer in report["layers"])
+    assert all(layer["output_loss"] >= 0.0 for layer in report["layers"])  # the sensitivity allocation's
     assert set(report["timings"]) >= {
         "analyse",
         "statistics",
