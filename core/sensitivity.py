@@ -6,7 +6,8 @@ output the rest of the network attenuates can lose more. So each group is pruned
 re-fit) to a few probe widths, and the relative output error ``D_g(k) = E||f' - f||^2 / E||f||^2`` is
 measured on a small calibration subset. Between probes ``D_g(k) = r_g(k) l_g(k)`` with the ratio
 ``r_g`` interpolated linearly in k, so the dense local curve keeps its shape and the probes set its
-scale. Widths then minimise ``sum_g D_g(k_g)`` under the cost target (``allocate``).
+scale. Widths then minimise ``sum_g D_g(k_g)`` under the cost target: ``lagrangian_widths`` is the knob
+that ``core.widths.meet_target`` bisects.
 """
 
 from __future__ import annotations
