@@ -34,18 +34,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "sweep.json")
     args = parser.parse_args()
     model, _ = load_checkpoint(args.model)
+    # compress draws calibration_samples (default 1,024) at random from these, seeded: never a head slice,
+    # which would follow the archive's class order
     calib, x_test, y_test = cifar_tensors(max(args.samples), args.evaluation, seed=0)
     program = export(model, calib)
     evaluation = (x_test, y_test)
     grid = []
     for theta in args.thetas:
         for ridge in args.ridges:
-            acc = top1(program, calib[:1024], evaluation, flops_ratio=args.ratio, theta=theta, ridge=ridge)
+            acc = top1(program, calib, evaluation, flops_ratio=args.ratio, theta=theta, ridge=ridge)
             grid.append({"theta": theta, "ridge": ridge, "top1": acc})
             print(f"theta={theta:<4} ridge={ridge:<7g} top1={100 * acc:.1f}", flush=True)
     sizes = []
     for n in args.samples:
-        acc = top1(program, calib[:n], evaluation, flops_ratio=args.ratio, calibration_samples=n)
+        acc = top1(program, calib, evaluation, flops_ratio=args.ratio, calibration_samples=n)
         sizes.append({"samples": n, "top1": acc})
         print(f"calibration_samples={n:<5} top1={100 * acc:.1f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
