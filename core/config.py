@@ -32,8 +32,8 @@ class CompressionConfig:
     - ``alpha``: each group keeps the fewest channels whose retained ratio ``1 - L_A(J)/tr S`` >= alpha.
     - ``widths``: explicit kept widths by group name (as in the report's ``layers[].name``); groups not
       named keep their width.
-    - ``theta``: weight of the input-aware loss L_A against the output-aware loss L_B (0.3: any value
-      below 1 is within noise in the sweep of BENCHMARKS.md, section 2; theta = 1 loses).
+    - ``theta``: weight of the input-aware loss L_A against the output-aware loss L_B (0.3; the sweep
+      in BENCHMARKS.md, section 2, finds no value better beyond the calibration draw's variability).
     - ``ridge``: tau = ridge * tr(S) / m, the ridge that keeps S_JJ invertible (dead ReLU units).
     - ``refit``: ``sequential`` re-fits each consumer to the already-pruned network upstream (one
       partial forward pass per pruned group); ``independent`` uses the original network's statistics
