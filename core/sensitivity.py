@@ -52,9 +52,23 @@ def pruned_alone(
 
 
 def _outputs(gm: fx.GraphModule, batches: list[Batch]) -> list[torch.Tensor]:
+    """Every floating-point output of ``gm`` per batch, flattened into one float64 vector."""
     with torch.no_grad():
-        outs = [gm(*b) for b in batches]
-    return [(o[0] if isinstance(o, tuple | list) else o).detach().double() for o in outs]
+        outs = [list(_tensors(gm(*b))) for b in batches]
+    return [
+        torch.cat([t.detach().double().flatten() for t in leaves if t.is_floating_point()]) for leaves in outs
+    ]
+
+
+def _tensors(value: object) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, tuple | list):
+        for item in value:
+            yield from _tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _tensors(item)
 
 
 def relative_error(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:

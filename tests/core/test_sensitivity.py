@@ -64,3 +64,25 @@ def test_sensitivity_allocation_prunes_the_layer_the_output_barely_hears() -> No
     assert abs(widths["spectrum"]["quiet"] - widths["spectrum"]["loud"]) <= 4, widths  # alike spectra
     error = {allocation: report["compressed"]["output_error"] for allocation, report in reports.items()}
     assert error["sensitivity"] < 0.5 * error["spectrum"], error
+
+
+class _TwoHeads(nn.Module):
+    """The first output ignores the hidden layer; only the second one hears it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.skip = nn.Linear(16, 4)
+        self.hidden = nn.Linear(16, 32)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.skip(x), self.head(torch.relu(self.hidden(x)))
+
+
+def test_the_output_error_counts_every_output_of_the_model() -> None:
+    x = _data()
+    program = models.export(_TwoHeads().eval(), x[:4])
+    report = compress(program, x, CompressionConfig(flops_ratio=0.8), measure_latency=False).report
+    (layer,) = report["layers"]
+    assert layer["name"] == "hidden" and layer["width_after"] < 32
+    assert layer["output_loss"] > 1e-6  # measured on the second output, which the first would miss
