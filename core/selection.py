@@ -82,11 +82,26 @@ def greedy_select(
 
 def refit_map(s: torch.Tensor, kept: torch.Tensor, tau: float) -> torch.Tensor:
     """``A_J = S_FJ (S_JJ + tau I)^-1`` (m x |J|): the kept channels' best linear stand-in for all."""
-    s_fj = s[:, kept]  # (m, k)
-    s_jj = s[kept][:, kept] + tau * torch.eye(len(kept), dtype=s.dtype, device=s.device)  # (k, k)
-    # A^T = (S_JJ + tau I)^-1 S_JF, solved by Cholesky (S_JJ + tau I is symmetric positive definite)
-    chol = torch.linalg.cholesky(0.5 * (s_jj + s_jj.T))
-    return torch.cholesky_solve(s_fj.T.contiguous(), chol).T
+    return ridge_solve(s[kept][:, kept], s[:, kept].T.contiguous(), tau).T  # A^T = (S_JJ + tau I)^-1 S_JF
+
+
+def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, tau: float) -> torch.Tensor:
+    """``(G + tau I)^-1 B`` for a symmetric PSD ``G`` (k x k), by Cholesky.
+
+    A second moment summed from float32 products can be indefinite by rounding (~1e-7 of its largest
+    eigenvalue), more than ``tau`` covers when one channel dwarfs the rest: the ridge then grows tenfold
+    until the factorisation succeeds.
+    """
+    eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    sym = 0.5 * (gram + gram.T)
+    floor = 1e-12 * float(torch.diagonal(sym).abs().max()) if gram.numel() else 0.0
+    ridge = max(tau, floor)
+    for _ in range(12):
+        chol, info = torch.linalg.cholesky_ex(sym + ridge * eye)
+        if int(info) == 0:
+            return torch.cholesky_solve(rhs, chol)
+        ridge = max(ridge * 10.0, 1e-300)
+    return torch.linalg.lstsq(sym + ridge * eye, rhs).solution
 
 
 def losses(s: torch.Tensor, g: torch.Tensor | None, kept: torch.Tensor, tau: float) -> tuple[float, float]:

@@ -22,6 +22,7 @@ from core.graph import ChannelGroup, GraphAnalysis
 from core.layout import Layout
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
+from core.selection import ridge_solve
 
 
 class _Captured(Exception):
@@ -86,10 +87,7 @@ def _cross_fit(
     maps = {}
     for key, s in gram.items():
         tau = ridge * energy[key] / cross[key].shape[0]  # tau = ridge tr(S) / m, as the independent re-fit
-        chol = torch.linalg.cholesky(
-            0.5 * (s + s.T) + tau * torch.eye(s.shape[0], dtype=s.dtype, device=s.device)
-        )
-        maps[key] = torch.cholesky_solve(cross[key].T.contiguous(), chol).T  # A = C (S' + tau I)^-1
+        maps[key] = ridge_solve(s, cross[key].T.contiguous(), tau).T  # A = C (S' + tau I)^-1
     return maps
 
 

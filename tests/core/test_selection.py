@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from core import CompressionConfig, compress
-from core.selection import greedy_select, losses, refit_map
+from core.selection import greedy_select, losses, refit_map, ridge_solve
 from core.spectrum import bias_lambda, degrees_of_freedom, eigenvalues, theory_width
 from tests.core import models
 
@@ -110,3 +110,17 @@ def test_planted_redundancy_is_removed_without_error(model, shape, layer, rank) 
     x_test = torch.randn(256, *shape)
     y0, y1 = program.module()(x_test), result.program.module()(x_test)
     assert float((y1 - y0).norm() / y0.norm()) < 1e-4
+
+
+def test_ridge_solve_matches_the_exact_solve_and_survives_rounding_indefiniteness() -> None:
+    torch.manual_seed(0)
+    a = torch.randn(6, 6, dtype=torch.float64)
+    gram, rhs = a @ a.T, torch.randn(6, 2, dtype=torch.float64)
+    exact = torch.linalg.solve(gram + 1e-3 * torch.eye(6, dtype=torch.float64), rhs)
+    assert torch.allclose(ridge_solve(gram, rhs, 1e-3), exact, atol=1e-10)
+    # one channel dwarfs the rest and rounding left a slightly negative direction the ridge does not cover
+    skewed = torch.diag(torch.tensor([1e8, 1.0, -1e-3], dtype=torch.float64))
+    with pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.cholesky(skewed + 1e-6 * torch.eye(3, dtype=torch.float64))
+    solved = ridge_solve(skewed, torch.ones(3, 1, dtype=torch.float64), 1e-6)
+    assert torch.isfinite(solved).all() and solved[1, 0] == pytest.approx(1.0, rel=1e-2)
