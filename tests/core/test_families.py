@@ -28,7 +28,7 @@ def _setup(family: str) -> tuple[torch.export.ExportedProgram, torch.Tensor]:
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
+    return float(((a - b).norm() / b.norm()).detach())
 
 
 def _direct_flops(program: torch.export.ExportedProgram) -> float:
