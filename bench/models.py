@@ -278,12 +278,16 @@ def sidecar_path(weights: Path) -> Path:
 def load_checkpoint(weights: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model (eval mode) from ``weights`` and its JSON sidecar; returns (model, sidecar).
 
-    A bare name such as ``'small_cnn'`` means ``bench/checkpoints/small_cnn.safetensors``.
+    A bare name such as ``'small_cnn'`` means ``bench/checkpoints/small_cnn.safetensors``. Checkpoints over
+    the repository's 5 MB file limit (``vgg11_bn``) are not committed, only their sidecar: a missing file
+    is reported with the sidecar's command that trains it again (its ``sha256`` checks the result).
     """
     path = Path(weights)
     if path.suffix != ".safetensors":
         path = CHECKPOINT_DIR / f"{weights}.safetensors"
     meta = json.loads(sidecar_path(path).read_text())
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not committed (too large); train it with: {meta['command']}")
     model = build_model(meta["model"], **meta.get("model_kwargs", {}))
     model.load_state_dict(load_file(str(path)), strict=True)
     return model.eval(), meta

@@ -120,3 +120,10 @@ def test_committed_small_cnn_checkpoint_is_as_accurate_as_it_says() -> None:
         predicted = model(normalize(x[np.sort(idx)])).argmax(1).numpy()
     accuracy = float((predicted == y[np.sort(idx)]).mean())
     assert abs(accuracy - sidecar["test_top1"]) < 0.035, (accuracy, sidecar["test_top1"])
+
+
+def test_an_uncommitted_checkpoint_names_the_command_that_trains_it(tmp_path: Path) -> None:
+    sidecar = json.loads((CHECKPOINT_DIR / "vgg11_bn.json").read_text())
+    (tmp_path / "vgg11_bn.json").write_text(json.dumps(sidecar))
+    with pytest.raises(FileNotFoundError, match=r"bench\.train_cifar --model vgg11_bn"):
+        load_checkpoint(tmp_path / "vgg11_bn.safetensors")
