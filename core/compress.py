@@ -239,7 +239,7 @@ def _output_loss(
     retained: dict[str, np.ndarray],
     stats: dict[str, _GroupStats],
     batches: list[cal.Batch],
-    config: CompressionConfig,
+    ridge: float,
     device: torch.device,
     clock: _Clock,
 ) -> dict[str, np.ndarray]:
@@ -254,7 +254,7 @@ def _output_loss(
             groups,
             orders,
             {name: 1.0 - r for name, r in retained.items()},
-            lambda g, kept: _refits([g], stats, {s: kept for s in g.spaces}, config.ridge),
+            lambda g, kept: _refits([g], stats, {s: kept for s in g.spaces}, ridge),
             probe,
             lambda i, n: clock.report(0.25 + 0.25 * i / n),
         )
@@ -377,7 +377,7 @@ def _prune(
         and config.width_rule.endswith("_ratio")
     ):
         output_loss = _output_loss(
-            gm, analysis, prunable, orders, retained, stats, batches, config, device, clock
+            gm, analysis, prunable, orders, retained, stats, batches, config.ridge, device, clock
         )
     chosen = _allocate(config, prunable, skipped, retained, cost, output_loss)
     kept = _select(config, gm, analysis, prunable, stats, chosen, clock)

@@ -41,13 +41,7 @@ def pruned_alone(
     try:
         yield
     finally:
-        for target, value in saved.items():
-            owner_name, _, attr = target.rpartition(".")
-            owner = gm.get_submodule(owner_name) if owner_name else gm
-            if attr in owner._parameters:
-                owner._parameters[attr] = value  # type: ignore[assignment]  # the original Parameter
-            else:
-                owner._buffers[attr] = value
+        assign(gm, saved)
         patch_shapes(gm, analysis, {})
 
 
