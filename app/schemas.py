@@ -67,7 +67,7 @@ class JobConfig(BaseModel):
     widths: dict[str, int] | None = None
     theta: float = Field(default=0.3, ge=0, le=1)
     ridge: float = Field(default=1e-5, gt=0, lt=1)
-    refit: Literal["sequential", "independent"] = "sequential"
+    refit: Literal["output", "sequential", "independent"] = "output"
     allocation: Literal["sensitivity", "spectrum"] = "sensitivity"
     residual: Literal["prune", "keep"] = "prune"
     calibration_samples: int = Field(default=1024, ge=1)

@@ -389,7 +389,7 @@ def _prune(
         | {"output_loss": float(output_loss[g.name][chosen[g.name]]) if output_loss else None}
         for g in prunable
     ]
-    if config.method == "spectral" and config.refit == "sequential":
+    if config.method == "spectral" and config.refit in ("output", "sequential"):
         original = program.module().to(device)
         on_device = [tuple(x.to(device) for x in b) for b in batches]
         sequential_refit(
@@ -401,6 +401,7 @@ def _prune(
             on_device,
             config.ridge,
             lambda i, n: clock.report(i / n),
+            output_level=config.refit == "output",
         )
         gm.cpu()
     else:

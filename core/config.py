@@ -12,7 +12,8 @@ from core.recovery import RecoveryConfig, config_from
 CONFIG_VERSION = 1
 Method = Literal["spectral", "l1", "random"]
 Device = Literal["auto", "cpu", "cuda"]
-Refit = Literal["sequential", "independent"]
+Refit = Literal["output", "sequential", "independent"]
+REFITS: tuple[str, ...] = ("output", "sequential", "independent")
 Allocation = Literal["sensitivity", "spectrum"]
 Residual = Literal["prune", "keep"]
 METHODS: tuple[str, ...] = ("spectral", "l1", "random")
@@ -35,9 +36,11 @@ class CompressionConfig:
     - ``theta``: weight of the input-aware loss L_A against the output-aware loss L_B (0.3; the sweep
       in BENCHMARKS.md, section 2, finds no value better beyond the calibration draw's variability).
     - ``ridge``: tau = ridge * tr(S) / m, the ridge that keeps S_JJ invertible (dead ReLU units).
-    - ``refit``: ``sequential`` re-fits each consumer to the already-pruned network upstream (one
-      partial forward pass per pruned group); ``independent`` uses the original network's statistics
-      only (one pass in all, the paper's form).
+    - ``refit``: ``output`` re-fits each consumer to the already-pruned network upstream, on its output
+      from whole input patches where it is a 2-D convolution or linear layer (``core.output_fit``), on
+      its input otherwise; ``sequential`` the same on every consumer's input (the cheaper earlier
+      default); both take one partial forward pass per pruned group. ``independent`` uses the original
+      network's statistics only (one pass in all, the paper's form).
     - ``allocation``: how a FLOPs/params target is split across groups: ``sensitivity`` (local loss
       curves scaled by each group's measured output error, summed error minimised) or ``spectrum`` (one
       retained-energy level for all).
@@ -55,7 +58,7 @@ class CompressionConfig:
     widths: dict[str, int] | None = None
     theta: float = 0.3
     ridge: float = 1e-5
-    refit: Refit = "sequential"
+    refit: Refit = "output"
     allocation: Allocation = "sensitivity"
     residual: Residual = "prune"
     calibration_samples: int = 1024
@@ -72,8 +75,8 @@ class CompressionConfig:
             object.__setattr__(self, "flops_ratio", 0.5)
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.refit not in ("sequential", "independent"):
-            raise ConfigError(f"refit must be sequential or independent, got {self.refit!r}")
+        if self.refit not in REFITS:
+            raise ConfigError(f"refit must be one of {', '.join(REFITS)}, got {self.refit!r}")
         if self.allocation not in ("sensitivity", "spectrum"):
             raise ConfigError(f"allocation must be sensitivity or spectrum, got {self.allocation!r}")
         if self.residual not in ("prune", "keep"):

@@ -2,55 +2,35 @@
 
 The independent re-fit ``A_J = S_FJ (S_JJ + tau I)^-1`` uses the original network's statistics, so the
 errors of earlier layers add up. Here groups are rewritten in topological order; for each one the
-calibration data runs through the original network and through the partly rewritten one, and the
-consumers' inputs are re-fitted by ridge regression of the original activations on the pruned ones:
-``A = C (S'_JJ + tau I)^-1`` with ``C = E[z_F z'_J^T]`` (original x pruned) and ``S' = E[z'_J z'_J^T]``.
-Each forward pass stops at the last node it needs.
+calibration data runs once through the original network and through the partly rewritten one. 2-D
+convolutions and linear layers are re-fitted on their output (``core.output_fit``: whole input patches
+as predictors, the original output as target, a residual branch's error taken up where the output is
+added to one); any other consumer has its inputs re-fitted by ridge regression of the original
+activations on the pruned ones: ``A = C (S'_JJ + tau I)^-1`` with ``C = E[z_F z'_J^T]`` (original x
+pruned) and ``S' = E[z'_J z'_J^T]``. Each forward pass stops at the last node it needs.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import torch
 from torch import fx
 
+from core.capture import capture
 from core.covariance import _rows
-from core.graph import ChannelGroup, GraphAnalysis
+from core.graph import ChannelGroup, Consumer, GraphAnalysis
 from core.layout import Layout
+from core.output_fit import OutputFit, plan
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
 from core.selection import ridge_solve
 
 
-class _Captured(Exception):
-    """Raised to end a forward pass once every wanted node has run."""
-
-
-def capture(gm: fx.GraphModule, names: set[str], inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-    """The outputs of the nodes ``names`` on ``inputs``, running the graph only as far as needed."""
-    found: dict[str, torch.Tensor] = {}
-
-    class _Interpreter(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            out = super().run_node(n)
-            if n.name in names:
-                found[n.name] = out.detach()
-                if len(found) == len(names):
-                    raise _Captured
-            return out
-
-    with torch.no_grad(), contextlib.suppress(_Captured):
-        _Interpreter(gm).run(*inputs)
-    return found
-
-
-def _observed(analysis: GraphAnalysis, g: ChannelGroup) -> dict[str, Layout]:
-    """Each node feeding a consumer of ``g``, with its channel layout (as a tensor axis)."""
+def _observed(analysis: GraphAnalysis, consumers: list[Consumer]) -> dict[str, Layout]:
+    """Each node feeding one of ``consumers``, with its channel layout (as a tensor axis)."""
     out = {}
-    for c in g.consumers:
+    for c in consumers:
         rank = len(analysis.shapes[c.observed])
         out[c.observed] = c.layout.moved(1 if c.kind == "conv" else rank - 1)
     return out
@@ -65,14 +45,18 @@ def _cross_fit(
     done: dict[int, int],
     batches: Iterable[tuple[torch.Tensor, ...]],
     ridge: float,
+    fits: list[OutputFit],
 ) -> dict[tuple[str, int], torch.Tensor]:
-    """``A`` per (observed node, space) by ridge regression of original on pruned activations."""
+    """``A`` per (observed node, space) by ridge regression of original on pruned activations; the
+    output-level ``fits`` are fed from the same passes."""
     cross: dict[tuple[str, int], torch.Tensor] = {}
     gram: dict[tuple[str, int], torch.Tensor] = {}
     energy: dict[tuple[str, int], float] = {}
-    names = set(observed)
+    names = set(observed).union(*(f.nodes() for f in fits))
     for batch in batches:
         before, after = capture(original, names, batch), capture(work, names, batch)
+        for f in fits:
+            f.add(after, before)
         for node, layout in observed.items():
             now = dict(layout.offsets(done))
             for seg, offset in layout.offsets():
@@ -100,20 +84,33 @@ def sequential_refit(
     batches: list[tuple[torch.Tensor, ...]],
     ridge: float,
     on_group: Callable[[int, int], None] | None = None,
+    output_level: bool = True,
 ) -> None:
-    """Rewrite ``work`` (a copy of ``original``) group by group, re-fitting consumers as it goes."""
+    """Rewrite ``work`` (a copy of ``original``) group by group, re-fitting consumers as it goes: on
+    their output where ``core.output_fit`` applies and ``output_level``, else on their input."""
     done: dict[int, int] = {}
     ordered = [g for g in sorted(groups, key=lambda g: g.position) if any(s in kept for s in g.spaces)]
+    samples = sum(b[0].shape[0] for b in batches)
     for i, g in enumerate(ordered):
-        observed = _observed(analysis, g)
-        maps = _cross_fit(original, work, observed, g, kept, done, batches, ridge)
+        planned = (plan(work, original, analysis, c, g, kept, done, ridge, samples) for c in g.consumers)
+        fits = [f for f in planned if f is not None] if output_level else []
+        direct = {f.consumer.node for f in fits}
+        by_channel = [c for c in g.consumers if c.node not in direct]
+        maps = _cross_fit(
+            original, work, _observed(analysis, by_channel), g, kept, done, batches, ridge, fits
+        )
         refits: Refits = {}
-        for c in g.consumers:
+        for c in by_channel:
             for s in set(g.spaces) & c.layout.spaces:
                 if (c.observed, s) in maps:
                     refits[(c.weight, s)] = maps[(c.observed, s)].cpu()
         mine = {s: kept[s] for s in g.spaces if s in kept}
-        assign(work, pruned_tensors(work, analysis, mine, refits, done))
+        new = pruned_tensors(work, analysis, mine, refits, done)
+        for f in fits:
+            w = f.weight()
+            assert w.shape == new[f.consumer.weight].shape, (f.consumer.node, w.shape)
+            new[f.consumer.weight] = w.to(new[f.consumer.weight])
+        assign(work, new)
         done.update({s: len(j) for s, j in mine.items()})
         patch_shapes(work, analysis, done)
         if on_group is not None:

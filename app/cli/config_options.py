@@ -37,8 +37,9 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", choices=DEVICES, help="auto (default: CUDA when present), cpu or cuda")
     group.add_argument(
         "--refit",
-        choices=("sequential", "independent"),
-        help="re-fit to the pruned network (sequential, default)",
+        choices=("output", "sequential", "independent"),
+        help="re-fit each layer's output to the pruned network (output, default), its input (sequential), "
+        "or from the original network's statistics alone (independent)",
     )
     group.add_argument(
         "--allocation",

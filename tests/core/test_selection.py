@@ -104,12 +104,13 @@ def test_planted_redundancy_is_removed_without_error(model, shape, layer, rank) 
     net = model().eval()
     x = torch.randn(512, *shape)
     program = models.export(net, x[:4])
-    result = compress(program, x, CompressionConfig(alpha=0.9999), measure_latency=False)
+    # a ridge of 1e-7 of the mean energy: the re-fit is exact up to that shrinkage
+    result = compress(program, x, CompressionConfig(alpha=0.9999, ridge=1e-7), measure_latency=False)
     entry = next(e for e in result.report["layers"] if e["name"] == layer)
     assert entry["width_after"] == rank
     x_test = torch.randn(256, *shape)
     y0, y1 = program.module()(x_test), result.program.module()(x_test)
-    assert float((y1 - y0).norm() / y0.norm()) < 1e-4
+    assert float((y1 - y0).norm() / y0.norm()) < 1e-5
 
 
 def test_ridge_solve_matches_the_exact_solve_and_survives_rounding_indefiniteness() -> None:

@@ -92,7 +92,7 @@ def test_job_config_defaults_and_core_conversion() -> None:
         "keep",
     )
     defaults = JobConfig().to_core()
-    assert (defaults.refit, defaults.allocation, defaults.residual) == ("sequential", "sensitivity", "prune")
+    assert (defaults.refit, defaults.allocation, defaults.residual) == ("output", "sensitivity", "prune")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,295 @@
+"""Output-level re-fit: a consumer's new weight by least squares on its *output* in the original network.
+
+The channel re-fit ``W' = W A_J`` rebuilds each dropped input channel from the kept ones at the same
+position. A convolution reads a whole kh x kw patch, so its output is better predicted from the kept
+channels' patches (a dropped channel is often visible in its neighbours):
+
+    W' = argmin E||y - W' u'||^2 = E[y u'^T] (E[u' u'^T] + tau I)^-1
+
+with ``u'`` the pruned network's input patches (im2col with the layer's stride, padding and dilation),
+``y`` the original network's output without its bias. For a linear layer ``u'`` is its input row.
+
+Where the output passes only a BatchNorm (per-channel ``gamma_eff``) before it is added to another branch
+(``bn(conv(x)) + shortcut``), the target also takes up that branch's present error,
+``y* = y + (s - s') / gamma_eff``, so that the sum, not this branch alone, matches the original network.
+
+Rows are a seeded sample of output positions, at most ``max_rows(F)``, which bounds the cost at rows x F^2.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from core import ops
+from core.graph import ChannelGroup, Consumer, GraphAnalysis
+from core.layout import FIXED, Layout
+from core.reconstruct import Kept
+from core.selection import ridge_solve
+
+MAX_FEATURES = 4608  # a 512-channel 3x3 convolution; wider inputs keep the channel re-fit
+MAX_ROWS = 1 << 20  # sampled output positions per layer, at most
+FLOP_BUDGET = 5e11  # rows x F^2 per layer, above which rows are sampled down ...
+ROWS_PER_FEATURE = 32  # ... but never below 32 rows per feature; fewer in all keep the channel re-fit
+CHUNK = 1 << 25  # elements of an unfolded patch matrix processed at once
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Addend:
+    """The other input of the addition this layer's output flows into, and the per-channel factor
+    (a BatchNorm's ``gamma / sqrt(var + eps)``, or 1) between the layer's output and that addition."""
+
+    node: str
+    scale: torch.Tensor
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v[0]), int(v[-1])) if isinstance(v, list | tuple) else (int(v), int(v))
+
+
+def _conv_geometry(node: fx.Node, kernel: tuple[int, int]) -> tuple[ConvGeometry, fx.Node | None] | None:
+    """Stride, padding and dilation of a 2-D convolution node, and its bias argument."""
+    args = list(node.args)
+    if node.target is ops.aten.convolution.default:
+        bias, stride, padding, dilation = args[2], args[3], args[4], args[5]
+    elif node.target is ops.aten.conv2d.default and not node.kwargs:
+        bias, stride, padding, dilation = (args + [None, 1, 0, 1, 1][len(args) - 2 :])[2:6]
+    else:
+        return None
+    if isinstance(padding, str):
+        return None
+    geometry = ConvGeometry(kernel, _pair(stride), _pair(padding), _pair(dilation))
+    return geometry, bias if isinstance(bias, fx.Node) else None
+
+
+def _value(module: fx.GraphModule, arg: object) -> torch.Tensor | None:
+    """The parameter or buffer a ``get_attr`` argument names, as float64 (None for anything else)."""
+    if not isinstance(arg, fx.Node) or arg.op != "get_attr":
+        return None
+    value = (dict(module.named_parameters()) | dict(module.named_buffers())).get(str(arg.target))
+    return None if value is None else value.detach().double()
+
+
+def _addend(
+    node: fx.Node, module: fx.GraphModule, shapes: dict[str, tuple[int, ...]], axis: int, channels: int
+) -> Addend | None:
+    """``node -> [BatchNorm] -> add(., other)``: the other addend and the factor in between."""
+    scale, at = torch.ones(channels, dtype=torch.float64), node
+    users = list(at.users)
+    if len(users) == 1 and users[0].target in ops.BATCH_NORM:
+        bn = users[0]
+        gamma, var = _value(module, bn.args[1]), _value(module, bn.args[4])
+        eps = bn.args[7] if bn.target is ops.aten.batch_norm.default else bn.args[6]
+        if var is None or not isinstance(eps, float):
+            return None
+        scale = (1.0 if gamma is None else gamma) / torch.sqrt(
+            var + eps
+        )  # gamma_eff = gamma / sqrt(var + eps)
+        at, users = bn, list(bn.users)
+        if bn.target is not ops.aten.batch_norm.default:  # (out, mean, invstd): follow getitem 0
+            if len(users) != 1 or users[0].target is not operator.getitem or users[0].args[1] != 0:
+                return None
+            at, users = users[0], list(users[0].users)
+    add = users[0] if len(users) == 1 else None
+    if add is None or add.target is not ops.aten.add.Tensor or len(add.args) != 2 or add.kwargs:
+        return None
+    other = add.args[1] if add.args[0] is at else add.args[0]
+    if not isinstance(other, fx.Node) or shapes.get(other.name) != shapes.get(node.name):
+        return None
+    if axis != 1 and scale.numel() and not torch.all(scale == 1):
+        return None
+    return Addend(other.name, torch.where(scale.abs() < 1e-8, torch.inf, scale))
+
+
+def _columns(layout: Layout, g: ChannelGroup, kept: Kept, done: dict[int, int]) -> torch.Tensor:
+    """Input columns of the layer once ``g`` keeps ``kept``, as indices into its present input."""
+    cols = []
+    for seg, offset in layout.offsets(done):
+        if seg.space in g.spaces and seg.space in kept:
+            chans = kept[seg.space]
+        else:
+            chans = torch.arange(seg.length if seg.space == FIXED else done.get(seg.space, seg.length))
+        cols.append(offset + (chans[:, None] * seg.block + torch.arange(seg.block)).flatten())
+    return torch.cat(cols)
+
+
+def _rows(layout: Layout | None, kept: Kept, done: dict[int, int], channels: int) -> torch.Tensor:
+    """The layer's present output channels, as indices into the original layer's outputs."""
+    if layout is None:
+        return torch.arange(channels)
+    rows = []
+    for seg, offset in layout.offsets():
+        chans = kept[seg.space] if seg.space in done else torch.arange(seg.length)
+        rows.append(offset + (chans[:, None] * seg.block + torch.arange(seg.block)).flatten())
+    return torch.cat(rows)
+
+
+def max_rows(features: int) -> int:
+    """Sampled rows for ``features`` predictors: the FLOP budget, within [32 F, MAX_ROWS]."""
+    return int(min(MAX_ROWS, max(FLOP_BUDGET / features**2, ROWS_PER_FEATURE * features)))
+
+
+def chunk(x: torch.Tensor, geometry: ConvGeometry | None) -> int:
+    """Samples per chunk, so that an unfolded chunk of ``x`` holds at most ``CHUNK`` elements."""
+    if geometry is None:
+        return max(len(x), 1)
+    per_sample = x[:1].numel() * geometry.kernel[0] * geometry.kernel[1]  # >= F x L for stride >= 1
+    return max(1, CHUNK // max(per_sample, 1))
+
+
+def patches(x: torch.Tensor, geometry: ConvGeometry | None, step: int) -> Iterator[torch.Tensor]:
+    """The layer's input as (rows, F) float64 predictors, ``step`` samples at a time: im2col patches for
+    a convolution, the input rows for a linear layer."""
+    for i in range(0, x.shape[0], step):
+        if geometry is None:
+            yield x[i : i + step].reshape(-1, x.shape[-1]).double()
+            continue
+        g = geometry
+        u = F.unfold(x[i : i + step].double(), g.kernel, g.dilation, g.padding, g.stride)  # (n, F, L)
+        yield u.transpose(1, 2).reshape(-1, u.shape[1])  # (n L, F), F ordered (channel, kh, kw) as W
+
+
+def targets(y: torch.Tensor, geometry: ConvGeometry | None, step: int) -> Iterator[torch.Tensor]:
+    """The layer's output as (rows, out), in the same chunks and row order as ``patches``."""
+    for i in range(0, y.shape[0], step):
+        part = y[i : i + step]
+        yield (
+            part.reshape(-1, y.shape[-1])
+            if geometry is None
+            else part.flatten(2).transpose(1, 2).reshape(-1, y.shape[1])
+        )
+
+
+@dataclass
+class OutputFit:
+    """Accumulates ``G = sum u' u'^T`` and ``C = sum u' y*^T`` for one layer, then solves for ``W'``."""
+
+    consumer: Consumer
+    columns: torch.Tensor  # input columns kept, indices into the present input
+    rows: torch.Tensor  # present output channels, indices into the original output
+    geometry: ConvGeometry | None  # None: a linear layer
+    bias: torch.Tensor | None  # the original bias, over ``rows``
+    addend: Addend | None
+    keep_fraction: float
+    ridge: float
+    generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
+    gram: torch.Tensor | None = None
+    cross: torch.Tensor | None = None
+
+    @property
+    def features(self) -> int:
+        k = self.geometry.kernel if self.geometry else (1, 1)
+        return len(self.columns) * k[0] * k[1]
+
+    def nodes(self) -> set[str]:
+        """Nodes to capture in both networks: the layer's input and output, and the addend."""
+        return {self.consumer.observed, self.consumer.node} | ({self.addend.node} if self.addend else set())
+
+    def add(self, pruned: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
+        x = pruned[self.consumer.observed]
+        axis = 1 if self.geometry else x.dim() - 1
+        x = x.index_select(axis, self.columns.to(x.device))
+        rows = self.rows.to(x.device)
+        y = original[self.consumer.node].index_select(axis, rows).double()
+        if self.bias is not None:
+            y = y - self.bias.to(y.device).reshape([-1] + [1] * (y.dim() - 1 - axis))
+        if self.addend is not None:  # y* = y + (s - s') / gamma_eff
+            s = original[self.addend.node].index_select(axis, rows).double()
+            gap = (s - pruned[self.addend.node].double()).movedim(axis, -1) / self.addend.scale[self.rows].to(
+                y.device
+            )
+            y = y + torch.nan_to_num(gap, posinf=0.0, neginf=0.0).movedim(-1, axis)
+        step = chunk(x, self.geometry)
+        for u, t in zip(patches(x, self.geometry, step), targets(y, self.geometry, step), strict=True):
+            if self.keep_fraction < 1.0:
+                keep = (torch.rand(u.shape[0], generator=self.generator) < self.keep_fraction).to(u.device)
+                u, t = u[keep], t[keep]
+            gram, cross = u.T @ u, u.T @ t  # sum u'u'^T, sum u' y*^T
+            self.gram = gram if self.gram is None else self.gram + gram
+            self.cross = cross if self.cross is None else self.cross + cross
+
+    def weight(self) -> torch.Tensor:
+        """``W' = C^T (G + tau I)^-1`` with ``tau = ridge tr(G) / F``, shaped as the layer's weight."""
+        assert self.gram is not None and self.cross is not None, "no calibration data reached the layer"
+        tau = self.ridge * float(torch.trace(self.gram)) / self.gram.shape[0]
+        w = ridge_solve(self.gram, self.cross, tau).T  # (out, F)
+        if self.geometry is None:
+            return w
+        return w.reshape(w.shape[0], len(self.columns), *self.geometry.kernel)
+
+
+@dataclass(frozen=True)
+class _Layer:
+    node: fx.Node
+    geometry: ConvGeometry | None  # None: a linear layer
+    bias: fx.Node | None
+
+    @property
+    def positions(self) -> int:
+        return self.geometry.kernel[0] * self.geometry.kernel[1] if self.geometry else 1
+
+
+def _layer(gm: fx.GraphModule, analysis: GraphAnalysis, c: Consumer, g: ChannelGroup) -> _Layer | None:
+    """Consumer ``c`` of ``g`` as a layer an output-level fit handles: a 2-D convolution or a linear
+    layer whose output is not in ``g`` itself; None otherwise."""
+    node = next(n for n in gm.graph.nodes if n.name == c.node)
+    compute = next(cn for cn in analysis.compute if cn.node == c.node)
+    if compute.outputs is not None and compute.outputs.spaces & set(g.spaces):
+        return None
+    if c.kind == "linear":
+        bias = node.args[2] if len(node.args) > 2 else None
+        return _Layer(node, None, bias if isinstance(bias, fx.Node) else None)
+    weight = gm.get_parameter(c.weight)
+    found = _conv_geometry(node, (weight.shape[2], weight.shape[3])) if weight.dim() == 4 else None
+    return None if found is None else _Layer(node, *found)
+
+
+def plan(
+    work: fx.GraphModule,
+    original: fx.GraphModule,
+    analysis: GraphAnalysis,
+    c: Consumer,
+    g: ChannelGroup,
+    kept: Kept,
+    done: dict[int, int],
+    ridge: float,
+    samples: int,
+) -> OutputFit | None:
+    """An output-level fit for consumer ``c`` of ``g`` in the sequential re-fit, or None where the
+    channel re-fit must do: see ``_layer``; more than ``MAX_FEATURES`` predictors; fewer than
+    ``ROWS_PER_FEATURE`` output positions per predictor in the calibration set."""
+    layer = _layer(work, analysis, c, g)
+    columns = _columns(c.layout, g, kept, done)
+    out = original.get_parameter(c.weight).shape[0]
+    shape = analysis.shapes[c.node]
+    positions = samples * math.prod(shape) // (shape[0] * out)  # output positions over the calibration set
+    features = len(columns) * (layer.positions if layer else 1)
+    if layer is None or features > MAX_FEATURES or positions < ROWS_PER_FEATURE * features:
+        return None
+    compute = next(cn for cn in analysis.compute if cn.node == c.node)
+    rows = _rows(compute.outputs, kept, done, out)
+    return OutputFit(
+        c,
+        columns,
+        rows,
+        layer.geometry,
+        None if (b := _value(original, layer.bias)) is None else b[rows],
+        _addend(layer.node, original, analysis.shapes, 1 if layer.geometry else len(shape) - 1, out),
+        min(1.0, max_rows(features) / max(positions, 1)),
+        ridge,
+    )

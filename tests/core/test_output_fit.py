@@ -1,0 +1,103 @@
+"""Output-level re-fit: patches line up with the convolution, a shifted channel is recovered exactly,
+and a branch added to a shortcut knows the addend whose error its target takes up."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from core import CompressionConfig, compress, output_fit
+from core.graph import analyse
+from core.output_fit import ConvGeometry, chunk, patches, plan, targets
+from tests.core import models
+
+
+@pytest.mark.parametrize(("stride", "padding", "dilation"), [(1, 1, 1), (2, 0, 1), (1, 2, 2)])
+def test_patches_times_the_weight_is_the_convolution(stride: int, padding: int, dilation: int) -> None:
+    torch.manual_seed(0)
+    x, w = torch.randn(5, 4, 9, 9), torch.randn(6, 4, 3, 3)
+    y = F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+    geometry = ConvGeometry((3, 3), (stride, stride), (padding, padding), (dilation, dilation))
+    step = 2  # several chunks: rows of patches and targets must stay paired
+    for u, t in zip(patches(x, geometry, step), targets(y, geometry, step), strict=True):
+        assert torch.allclose(u @ w.reshape(6, -1).T.double(), t.double(), atol=1e-5)
+    assert chunk(x, geometry) >= 1 and chunk(x, None) == len(x)
+
+
+class _Shifted(nn.Module):
+    """``conv1`` emits x and x shifted by one pixel; ``conv2`` reads each where the other one's 3x3
+    patch holds it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, (1, 3), padding=(0, 1), bias=False)
+        self.conv2 = nn.Conv2d(2, 3, 3, padding=1)
+        with torch.no_grad():
+            self.conv1.weight.zero_()
+            self.conv1.weight[0, 0, 0, 1] = 1.0  # ch0(p) = x(p)
+            self.conv1.weight[1, 0, 0, 2] = 1.0  # ch1(p) = x(p + 1) = ch0(p + 1)
+            self.conv2.weight[:, 0, :, :2] = 0.0  # ch0 read at p + 1 only (= ch1 at p)
+            self.conv2.weight[:, 1, :, ::2] = 0.0  # ch1 read at p only (= ch0 at p + 1), borders included
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x)).flatten(1)
+
+
+def test_a_neighbouring_copy_is_recovered_exactly_only_from_patches() -> None:
+    torch.manual_seed(0)
+    net = _Shifted().eval()
+    x = torch.randn(256, 1, 8, 8)
+    program = models.export(net, x[:4])
+    x_test = torch.randn(64, 1, 8, 8)
+    errors = {}
+    for refit in ("output", "sequential", "independent"):
+        config = CompressionConfig(widths={"conv1": 1}, refit=refit, ridge=1e-9)
+        result = compress(program, x, config, measure_latency=False)
+        with torch.no_grad():
+            y0, y1 = net(x_test), result.program.module()(x_test)
+        errors[refit] = float((y1 - y0).norm() / y0.norm())
+    # the same pixel of the kept channel says little about the dropped one; its 3x3 patch says all
+    assert errors["output"] < 1e-5 < 0.1 < min(errors["sequential"], errors["independent"]), errors
+
+
+def test_a_fit_samples_rows_within_its_budget_and_stays_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(output_fit, "MAX_ROWS", 600)
+    monkeypatch.setattr(output_fit, "ROWS_PER_FEATURE", 1)
+    monkeypatch.setattr(output_fit, "FLOP_BUDGET", 1.0)
+    torch.manual_seed(0)
+    net = _Shifted().eval()
+    x = torch.randn(64, 1, 8, 8)  # 4,096 output positions, about 600 sampled
+    program = models.export(net, x[:4])
+    result = compress(program, x, CompressionConfig(widths={"conv1": 1}, ridge=1e-9), measure_latency=False)
+    x_test = torch.randn(16, 1, 8, 8)
+    with torch.no_grad():
+        y0, y1 = net(x_test), result.program.module()(x_test)
+    assert float((y1 - y0).norm() / y0.norm()) < 1e-5
+
+
+def test_a_branch_added_to_a_shortcut_is_planned_with_that_addend() -> None:
+    torch.manual_seed(0)
+    model = models.randomize_bn(models.ResNetLike())
+    x = torch.randn(4, 3, 16, 16)
+    gm = models.export(model, x).module()
+    analysis = analyse(gm, (x[:2],))
+    by_node = {c.weight: (c, g) for g in analysis.prunable for c in g.consumers}
+    samples = 64
+
+    def fit_for(weight: str) -> output_fit.OutputFit | None:
+        c, g = by_node[weight]
+        kept = {s: torch.arange(0, g.size, 2) for s in g.spaces}
+        return plan(gm, gm, analysis, c, g, kept, {}, 1e-5, samples)
+
+    inner = fit_for("layers.0.conv2.weight")  # conv2 -> bn2 -> add(., stem) -> relu
+    assert inner is not None and inner.addend is not None
+    bn = model.layers[0].bn2
+    gamma_eff = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    assert torch.allclose(inner.addend.scale, gamma_eff)
+    assert inner.features == 8 * 9 and inner.keep_fraction == 1.0
+    first = fit_for("layers.0.conv1.weight")  # conv1 -> bn1 -> relu: no addition to take up
+    assert first is not None and first.addend is None
+    # the head sees one row per sample: 64 rows for 16 predictors are too few, the channel re-fit does
+    assert fit_for("fc.weight") is None
