@@ -97,9 +97,8 @@ def _addend(
         eps = bn.args[7] if bn.target is ops.aten.batch_norm.default else bn.args[6]
         if var is None or not isinstance(eps, float):
             return None
-        scale = (1.0 if gamma is None else gamma) / torch.sqrt(
-            var + eps
-        )  # gamma_eff = gamma / sqrt(var + eps)
+        # gamma_eff = gamma / sqrt(var + eps)
+        scale = (1.0 if gamma is None else gamma) / torch.sqrt(var + eps)
         at, users = bn, list(bn.users)
         if bn.target is not ops.aten.batch_norm.default:  # (out, mean, invstd): follow getitem 0
             if len(users) != 1 or users[0].target is not operator.getitem or users[0].args[1] != 0:
@@ -210,9 +209,8 @@ class OutputFit:
             y = y - self.bias.to(y.device).reshape([-1] + [1] * (y.dim() - 1 - axis))
         if self.addend is not None:  # y* = y + (s - s') / gamma_eff
             s = original[self.addend.node].index_select(axis, rows).double()
-            gap = (s - pruned[self.addend.node].double()).movedim(axis, -1) / self.addend.scale[self.rows].to(
-                y.device
-            )
+            scale = self.addend.scale[self.rows].to(y.device)
+            gap = (s - pruned[self.addend.node].double()).movedim(axis, -1) / scale
             y = y + torch.nan_to_num(gap, posinf=0.0, neginf=0.0).movedim(-1, axis)
         step = chunk(x, self.geometry)
         for u, t in zip(patches(x, self.geometry, step), targets(y, self.geometry, step), strict=True):

@@ -13,9 +13,12 @@ from core import CompressionConfig, compress
 pytestmark = pytest.mark.skipif(not ARCHIVE.exists(), reason="needs ../shared/data/cifar10")
 
 
-@pytest.fixture(scope="module")
-def cifar() -> tuple[torch.export.ExportedProgram, torch.Tensor, torch.Tensor, torch.Tensor]:
-    model, _ = load_checkpoint("small_cnn")
+Setup = tuple[torch.export.ExportedProgram, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _setup(name: str) -> Setup:
+    """(exported checkpoint, 512 calibration images, 1,000 test images and their labels)."""
+    model, _ = load_checkpoint(name)
     x_train, _ = load_cifar10("train")
     x_test, y_test = load_cifar10("test")
     gen = torch.Generator().manual_seed(0)
@@ -23,6 +26,11 @@ def cifar() -> tuple[torch.export.ExportedProgram, torch.Tensor, torch.Tensor, t
     test = torch.randperm(len(x_test), generator=gen)[:1000].sort().values.numpy()
     program = torch.export.export(model, (calib[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
     return program, calib, normalize(x_test[test]), torch.from_numpy(y_test[test].copy())
+
+
+@pytest.fixture(scope="module")
+def cifar() -> Setup:
+    return _setup("small_cnn")
 
 
 def test_spectral_beats_l1_and_random_at_half_the_flops(cifar) -> None:
@@ -59,14 +67,8 @@ def test_sequential_refit_beats_independent_at_a_quarter_of_the_flops(cifar) -> 
 def test_output_refit_beats_the_input_refit_on_a_trained_resnet() -> None:
     """ResNet-20 at a quarter of the FLOPs: whole-patch output re-fits (and residual branches fitted to
     their sums) keep far more accuracy than re-fitting each layer's input channel by channel."""
-    model, _ = load_checkpoint("resnet20")
-    x_train, _ = load_cifar10("train")
-    x_test, y_test = load_cifar10("test")
-    gen = torch.Generator().manual_seed(0)
-    calib = normalize(x_train[torch.randperm(len(x_train), generator=gen)[:512].sort().values.numpy()])
-    test = torch.randperm(len(x_test), generator=gen)[:1000].sort().values.numpy()
-    program = torch.export.export(model, (calib[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    evaluation = (normalize(x_test[test]), torch.from_numpy(y_test[test].copy()))
+    program, calib, x_test, y_test = _setup("resnet20")
+    evaluation = (x_test, y_test)
     top1 = {}
     for refit in ("sequential", "output"):
         config = CompressionConfig(flops_ratio=0.25, refit=refit)
