@@ -36,7 +36,7 @@ from core.selection import ridge_solve
 
 MAX_FEATURES = 4608  # a 512-channel 3x3 convolution; wider inputs keep the channel re-fit
 MAX_ROWS = 1 << 20  # sampled output positions per layer, at most
-FLOP_BUDGET = 5e11  # rows x F^2 per layer, above which rows are sampled down ...
+FLOP_BUDGET = 1e11  # rows x F^2 per layer, above which rows are sampled down ...
 ROWS_PER_FEATURE = 32  # ... but never below 32 rows per feature; fewer in all keep the channel re-fit
 CHUNK = 1 << 25  # elements of an unfolded patch matrix processed at once
 
