@@ -2,11 +2,11 @@
 
 The independent re-fit ``A_J = S_FJ (S_JJ + tau I)^-1`` uses the original network's statistics, so the
 errors of earlier layers add up. Here groups are rewritten in topological order; for each one the
-calibration data runs once through the original network and through the partly rewritten one. 2-D
-convolutions and linear layers are re-fitted on their output (``core.output_fit``: whole input patches
-as predictors, the original output as target, a residual branch's error taken up where the output is
-added to one); any other consumer has its inputs re-fitted by ridge regression of the original
-activations on the pruned ones: ``A = C (S'_JJ + tau I)^-1`` with ``C = E[z_F z'_J^T]`` (original x
+calibration data runs once through the original network and through the partly rewritten one. With
+``output_level`` (``refit="output"``), 2-D convolutions and linear layers are re-fitted on their output
+where ``core.output_fit`` applies (whole input patches as predictors, the original output as target, a
+residual branch's error taken up where the output is added to one); every other consumer has its inputs
+re-fitted by ridge regression of the original activations on the pruned ones: ``A = C (S'_JJ + tau I)^-1`` with ``C = E[z_F z'_J^T]`` (original x
 pruned) and ``S' = E[z'_J z'_J^T]``. Each forward pass stops at the last node it needs.
 """
 
