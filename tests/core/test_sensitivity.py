@@ -38,7 +38,7 @@ def test_a_probe_narrows_one_group_and_restores_the_model_exactly() -> None:
     gm = models.export(model, x[:4]).module()
     analysis = analyse(gm, (x[:2],))
     g = analysis.prunable[0]
-    before = gm(x)
+    before = gm(x).detach()
     state = {name: t.clone() for name, t in gm.state_dict().items()}
     with pruned_alone(gm, analysis, g, torch.arange(0, g.size, 2), {}):
         inside = gm(x).detach()
