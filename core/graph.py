@@ -12,7 +12,7 @@ space that reaches any op the tracer cannot prove safe is *poisoned*: left unpru
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,18 +141,6 @@ def _args(node: fx.Node) -> tuple[Any, ...]:
     return tuple(node.args)
 
 
-def _tensor_nodes(value: Any) -> Iterator[fx.Node]:
-    """Every fx node inside an argument structure."""
-    if isinstance(value, fx.Node):
-        yield value
-    elif isinstance(value, list | tuple):
-        for v in value:
-            yield from _tensor_nodes(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _tensor_nodes(v)
-
-
 def _regroup(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], list[int]]]:
     """Pair runs of dims of ``src`` and ``dst`` with equal products (how a reshape moves data)."""
     groups: list[tuple[list[int], list[int]]] = []
@@ -246,7 +234,7 @@ class _Tracer:
         return Layout(axis=-1, segments=(Segment(space, size),))
 
     def _stop(self, node: fx.Node, why: str) -> None:
-        for arg in _tensor_nodes((_args(node), node.kwargs)):
+        for arg in node.all_input_nodes:
             self._poison(self.layouts.get(arg), why)
         self.layouts[node] = None
 
