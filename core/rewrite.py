@@ -13,6 +13,8 @@ from core.graph import GraphAnalysis
 
 def patch_shapes(gm: fx.GraphModule, analysis: GraphAnalysis, widths: Widths) -> None:
     """Rewrite literal sizes (``view(-1, 512*7*7)``, depthwise ``groups``) to the new widths."""
+    if not analysis.patches:
+        return
     nodes = {n.name: n for n in gm.graph.nodes}
     for patch in analysis.patches:
         node = nodes[patch.node]

@@ -8,6 +8,9 @@ measured on a small calibration subset. Between probes ``D_g(k) = r_g(k) l_g(k)`
 ``r_g`` interpolated linearly in k, so the dense local curve keeps its shape and the probes set its
 scale. Widths then minimise ``sum_g D_g(k_g)`` under the cost target: ``lagrangian_widths`` is the knob
 that ``core.widths.meet_target`` bisects.
+
+A probe changes only the graph downstream of the group's producers: each batch runs once as far as
+that boundary (``core.capture``), and every probe width re-runs only the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 from torch import fx
 
 from core.calibration import Batch
+from core.capture import boundary, capture, downstream, resume
 from core.graph import ChannelGroup, GraphAnalysis
 from core.reconstruct import Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
@@ -29,15 +33,14 @@ Curve = np.ndarray  # (m + 1,) indexed by kept width k
 
 
 @contextmanager
-def pruned_alone(
-    gm: fx.GraphModule, analysis: GraphAnalysis, g: ChannelGroup, kept: torch.Tensor, refits: Refits
+def swapped(
+    gm: fx.GraphModule, analysis: GraphAnalysis, tensors: dict[str, torch.Tensor], widths: dict[int, int]
 ) -> Iterator[None]:
-    """``gm`` with only group ``g`` narrowed to ``kept`` (and its consumers re-fitted), then restored."""
+    """``gm`` with the parameters and buffers ``tensors`` (spaces narrowed to ``widths``), then restored."""
     state = dict(gm.named_parameters()) | dict(gm.named_buffers())
-    new = pruned_tensors(gm, analysis, {s: kept for s in g.spaces}, refits)
-    saved = {name: state[name] for name in new}
-    assign(gm, new)
-    patch_shapes(gm, analysis, {s: len(kept) for s in g.spaces})
+    saved = {name: state[name] for name in tensors}
+    assign(gm, tensors)
+    patch_shapes(gm, analysis, widths)
     try:
         yield
     finally:
@@ -45,13 +48,15 @@ def pruned_alone(
         patch_shapes(gm, analysis, {})
 
 
+def _flat(value: object) -> torch.Tensor:
+    """Every floating-point tensor in a model output, flattened into one float64 vector."""
+    return torch.cat([t.detach().double().flatten() for t in _tensors(value) if t.is_floating_point()])
+
+
 def _outputs(gm: fx.GraphModule, batches: list[Batch]) -> list[torch.Tensor]:
     """Every floating-point output of ``gm`` per batch, flattened into one float64 vector."""
     with torch.no_grad():
-        outs = [list(_tensors(gm(*b))) for b in batches]
-    return [
-        torch.cat([t.detach().double().flatten() for t in leaves if t.is_floating_point()]) for leaves in outs
-    ]
+        return [_flat(gm(*b)) for b in batches]
 
 
 def _tensors(value: object) -> Iterator[torch.Tensor]:
@@ -63,13 +68,6 @@ def _tensors(value: object) -> Iterator[torch.Tensor]:
     elif isinstance(value, dict):
         for item in value.values():
             yield from _tensors(item)
-
-
-def relative_error(outputs: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
-    """``sum ||f' - f||^2 / sum ||f||^2`` over every output element."""
-    num = sum(float(((o - r) ** 2).sum()) for o, r in zip(outputs, reference, strict=True))
-    den = sum(float((r**2).sum()) for r in reference)
-    return num / den if den > 0 else 0.0
 
 
 def probe_widths(size: int) -> list[int]:
@@ -92,21 +90,46 @@ def output_curves(
     the re-fit maps for ``g`` keeping ``J``.
     """
     reference = _outputs(gm, batches)
+    energy = sum(float((r**2).sum()) for r in reference)
     curves = {}
     for i, g in enumerate(groups):
-        ks, ratios = [], []
-        for k in probe_widths(g.size):
-            kept = orders[g.name][:k].sort().values
-            with pruned_alone(gm, analysis, g, kept, refits_for(g, kept)):
-                d = relative_error(_outputs(gm, batches), reference)
-            ks.append(k)
-            ratios.append(d / max(float(local[g.name][k]), 1e-12))
+        ks = probe_widths(g.size)
+        probes = [orders[g.name][:k].sort().values for k in ks]
+        errors = _probe(gm, analysis, g, probes, refits_for, batches, reference)
+        ratios = [
+            e / max(energy, 1e-300) / max(float(local[g.name][k]), 1e-12)
+            for k, e in zip(ks, errors, strict=True)
+        ]
         ratio = np.interp(np.arange(g.size + 1), ks, ratios) if ks else np.zeros(g.size + 1)
         curves[g.name] = ratio * local[g.name]
         curves[g.name][g.size] = 0.0
         if on_group is not None:
             on_group(i + 1, len(groups))
     return curves
+
+
+def _probe(
+    gm: fx.GraphModule,
+    analysis: GraphAnalysis,
+    g: ChannelGroup,
+    probes: list[torch.Tensor],
+    refits_for: Callable[[ChannelGroup, torch.Tensor], Refits],
+    batches: list[Batch],
+    reference: list[torch.Tensor],
+) -> list[float]:
+    """``sum ||f' - f||^2`` (``f``: ``reference``, per batch) with ``g`` keeping each of ``probes`` in turn.
+    Only what a probe changes runs again: each batch runs once as far as ``g``'s producers."""
+    tensors = [pruned_tensors(gm, analysis, {s: j for s in g.spaces}, refits_for(g, j)) for j in probes]
+    changed = downstream(gm, set().union(*tensors))
+    start_at = boundary(changed)
+    errors = [0.0] * len(probes)
+    with torch.no_grad():
+        for b, ref in zip(batches, reference, strict=True):
+            start = capture(gm, start_at, b)
+            for i, (kept, new) in enumerate(zip(probes, tensors, strict=True)):
+                with swapped(gm, analysis, new, {s: len(kept) for s in g.spaces}):
+                    errors[i] += float(((_flat(resume(gm, start, changed, b)) - ref) ** 2).sum())
+    return errors
 
 
 def lagrangian_widths(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from core import CompressionConfig, compress
 from core.graph import analyse
-from core.sensitivity import pruned_alone, relative_error
+from core.reconstruct import pruned_tensors
+from core.sensitivity import _probe, swapped
 from tests.core import models
 
 
@@ -31,6 +33,16 @@ def _data(n: int = 512) -> torch.Tensor:
     return torch.randn(n, 16) @ torch.diag(torch.linspace(2.0, 0.1, 16))  # a decaying input spectrum
 
 
+def _alone(gm, analysis, g, kept: torch.Tensor):
+    """``gm`` with only group ``g`` keeping ``kept`` (columns dropped, no re-fit)."""
+    return swapped(
+        gm,
+        analysis,
+        pruned_tensors(gm, analysis, {s: kept for s in g.spaces}, {}),
+        {s: len(kept) for s in g.spaces},
+    )
+
+
 def test_a_probe_narrows_one_group_and_restores_the_model_exactly() -> None:
     torch.manual_seed(0)
     model = models.randomize_bn(models.VGGLike()).eval()
@@ -40,12 +52,39 @@ def test_a_probe_narrows_one_group_and_restores_the_model_exactly() -> None:
     g = analysis.prunable[0]
     before = gm(x).detach()
     state = {name: t.clone() for name, t in gm.state_dict().items()}
-    with pruned_alone(gm, analysis, g, torch.arange(0, g.size, 2), {}):
+    with _alone(gm, analysis, g, torch.arange(0, g.size, 2)):
         inside = gm(x).detach()
-        assert relative_error([inside.double()], [before.double()]) > 1e-4  # columns dropped, no re-fit
+        assert float(((inside - before) ** 2).sum() / (before**2).sum()) > 1e-4  # columns dropped, no re-fit
         assert any(t.shape != state[name].shape for name, t in gm.state_dict().items())
     assert torch.equal(gm(x), before)
     assert all(torch.equal(t, state[name]) for name, t in gm.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    "make",
+    [models.VGGLike, models.ResNetLike, models.DenseNetLike, models.MobileNetLike],
+    ids=lambda m: m.__name__,
+)
+def test_a_probe_resumed_midway_measures_what_a_whole_forward_pass_does(make) -> None:
+    torch.manual_seed(0)
+    model = models.randomize_bn(make()).eval()
+    x = torch.randn(12, 3, 16, 16)
+    gm = models.export(model, x[:4]).module()
+    analysis = analyse(gm, (x[:2],))
+    batches = [(x[:5],), (x[5:],)]
+    with torch.no_grad():
+        reference = [gm(*b).double().flatten() for b in batches]
+    for g in analysis.prunable:
+        probes = [torch.arange(0, g.size, 2), torch.arange(1)]
+        resumed = _probe(gm, analysis, g, probes, lambda g, kept: {}, batches, reference)
+        for kept, got in zip(probes, resumed, strict=True):
+            with _alone(gm, analysis, g, kept), torch.no_grad():
+                whole = sum(
+                    float(((gm(*b).double().flatten() - r) ** 2).sum())
+                    for b, r in zip(batches, reference, strict=True)
+                )
+            assert got == pytest.approx(whole, rel=1e-6, abs=1e-9), g.name
+        assert torch.equal(gm(x[:5]).double().flatten(), reference[0])
 
 
 def test_sensitivity_allocation_prunes_the_layer_the_output_barely_hears() -> None:
