@@ -57,3 +57,78 @@ def resume(
     env = {n: start.get(n.name) for n in gm.graph.nodes if n not in changed and n.op != "get_attr"}
     with torch.no_grad():
         return fx.Interpreter(gm).run(*inputs, initial_env=env)
+
+
+class Cursor:
+    """Runs a graph batch by batch, each run starting where the previous one left a snapshot.
+
+    A run that only needs what lies at or after node index ``start`` (nothing before it has changed since
+    the snapshot) resumes from the values live at the snapshot's index instead of the input: a layer-by-
+    layer re-fit then costs about one forward pass per network instead of one per layer. Parameters are
+    always read afresh. Snapshots are dropped when they would hold more than ``budget`` bytes in all.
+    """
+
+    def __init__(self, gm: fx.GraphModule, batches: int, budget: int) -> None:
+        self.gm, self.budget = gm, budget
+        self.nodes = list(gm.graph.nodes)
+        self.index = {n.name: i for i, n in enumerate(self.nodes)}
+        self.saved: list[tuple[int, dict[fx.Node, Any]] | None] = [None] * batches
+        self.refused = -1  # a start index whose snapshots were over budget
+
+    def first_change(self, targets: set[str], names: set[str]) -> int:
+        """The index of the first computed node that depends on the parameters ``targets`` or is named
+        in ``names`` (nodes whose arguments are about to be rewritten)."""
+        changed = downstream(self.gm, targets)
+        hit = [self.index[n.name] for n in changed if n.op not in ("get_attr", "placeholder")]
+        return min(hit + [self.index[n] for n in names if n in self.index] + [len(self.nodes)])
+
+    def values(self, i: int, inputs: tuple[torch.Tensor, ...], names: set[str], start: int) -> dict[str, Any]:
+        """The outputs of ``names`` for batch ``i``; the values live at node ``start`` are kept for the
+        next call (which must not start earlier)."""
+        saved = self.saved[i]
+        begin, env = (saved[0], saved[1]) if saved is not None and saved[0] <= start else (0, {})
+        live = _live(self.nodes, start)
+        found: dict[str, Any] = {}
+        snapshot: dict[fx.Node, Any] = {}
+        at = self.nodes[start] if start < len(self.nodes) else None
+
+        class _Interpreter(fx.Interpreter):
+            def run_node(self, n: fx.Node) -> Any:
+                if n is at:
+                    snapshot.update({m: self.env[m] for m in live})
+                out = super().run_node(n)
+                if n.name in names:
+                    found[n.name] = out.detach() if isinstance(out, torch.Tensor) else out
+                if len(found) == len(names) and (snapshot or not live):
+                    raise _Captured
+                return out
+
+        initial = {n: env.get(n) for n in self.nodes[:begin] if n.op != "get_attr"} if begin else None
+        with torch.no_grad(), contextlib.suppress(_Captured):
+            _Interpreter(self.gm).run(*inputs, initial_env=initial)
+        for n in live:  # a value before ``start`` that is wanted comes from the snapshot
+            if n.name in names and n.name not in found and n in snapshot:
+                found[n.name] = snapshot[n]
+        if len(found) < len(names) and begin:  # wanted from before the snapshot: run from the input
+            self.saved[i] = None
+            return self.values(i, inputs, names, start)
+        self._keep(i, start, snapshot if len(snapshot) == len(live) else None)
+        return found
+
+    def _keep(self, i: int, start: int, snapshot: dict[fx.Node, Any] | None) -> None:
+        if start == self.refused or snapshot is None:
+            self.saved[i] = None
+            return
+        self.saved[i] = (start, snapshot)
+        if sum(_nbytes(s[1]) for s in self.saved if s is not None) > self.budget:
+            self.saved, self.refused = [None] * len(self.saved), start
+
+
+def _live(nodes: list[fx.Node], start: int) -> list[fx.Node]:
+    """Computed nodes before index ``start`` that a node at or after it reads."""
+    before = set(nodes[:start])
+    return [n for n in nodes[:start] if n.op != "get_attr" and any(u not in before for u in n.users)]
+
+
+def _nbytes(values: dict[fx.Node, Any]) -> int:
+    return sum(v.numel() * v.element_size() for v in values.values() if isinstance(v, torch.Tensor))

@@ -39,8 +39,8 @@ class CompressionConfig:
     - ``refit``: ``output`` re-fits each consumer to the already-pruned network upstream, on its output
       from whole input patches where it is a 2-D convolution or linear layer (``core.output_fit``), on
       its input otherwise; ``sequential`` the same on every consumer's input (the cheaper earlier
-      default); both take one partial forward pass per pruned group. ``independent`` uses the original
-      network's statistics only (one pass in all, the paper's form).
+      default); both take one partial forward pass per pruned group (resumed midway where possible).
+      ``independent`` uses the original network's statistics only (one pass in all, the paper's form).
     - ``allocation``: how a FLOPs/params target is split across groups: ``sensitivity`` (local loss
       curves scaled by each group's measured output error, summed error minimised) or ``spectrum`` (one
       retained-energy level for all).

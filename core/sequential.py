@@ -7,7 +7,9 @@ calibration data runs once through the original network and through the partly r
 where ``core.output_fit`` applies (whole input patches as predictors, the original output as target, a
 residual branch's error taken up where the output is added to one); every other consumer has its inputs
 re-fitted by ridge regression of the original activations on the pruned ones: ``A = C (S'_JJ + tau I)^-1`` with ``C = E[z_F z'_J^T]`` (original x
-pruned) and ``S' = E[z'_J z'_J^T]``. Each forward pass stops at the last node it needs.
+pruned) and ``S' = E[z'_J z'_J^T]``. Each forward pass stops at the last node it needs and, where the
+activations it left at the next group's first changed node fit in ``CACHE_BYTES``, the next group's pass
+starts from them (``core.capture.Cursor``): about one forward pass per network in all on a chain.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import fx
 
-from core.capture import capture
+from core.capture import Cursor
 from core.covariance import _rows
 from core.graph import ChannelGroup, Consumer, GraphAnalysis
 from core.layout import Layout
@@ -25,6 +27,8 @@ from core.output_fit import OutputFit, plan
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
 from core.selection import ridge_solve
+
+CACHE_BYTES = 1 << 30  # activations kept between layers (per network), to resume passes midway
 
 
 def _observed(analysis: GraphAnalysis, consumers: list[Consumer]) -> dict[str, Layout]:
@@ -37,8 +41,8 @@ def _observed(analysis: GraphAnalysis, consumers: list[Consumer]) -> dict[str, L
 
 
 def _cross_fit(
-    original: fx.GraphModule,
-    work: fx.GraphModule,
+    cursors: tuple[Cursor, Cursor],
+    starts: list[int],
     observed: dict[str, Layout],
     g: ChannelGroup,
     kept: Kept,
@@ -53,8 +57,8 @@ def _cross_fit(
     gram: dict[tuple[str, int], torch.Tensor] = {}
     energy: dict[tuple[str, int], float] = {}
     names = set(observed).union(*(f.nodes() for f in fits))
-    for batch in batches:
-        before, after = capture(original, names, batch), capture(work, names, batch)
+    for i, batch in enumerate(batches):
+        before, after = (c.values(i, batch, names, at) for c, at in zip(cursors, starts, strict=True))
         for f in fits:
             f.add(after, before)
         for node, layout in observed.items():
@@ -91,13 +95,17 @@ def sequential_refit(
     done: dict[int, int] = {}
     ordered = [g for g in sorted(groups, key=lambda g: g.position) if any(s in kept for s in g.spaces)]
     samples = sum(b[0].shape[0] for b in batches)
+    cursors = Cursor(original, len(batches), CACHE_BYTES), Cursor(work, len(batches), CACHE_BYTES)
     for i, g in enumerate(ordered):
+        touched = {pa.target for pa in analysis.param_axes if pa.layout.spaces & set(g.spaces)}
+        patched = {p.node for p in analysis.patches if p.layout.spaces & set(g.spaces)}
+        starts = [c.first_change(touched, patched) for c in cursors]
         planned = (plan(work, original, analysis, c, g, kept, done, ridge, samples) for c in g.consumers)
         fits = [f for f in planned if f is not None] if output_level else []
         direct = {f.consumer.node for f in fits}
         by_channel = [c for c in g.consumers if c.node not in direct]
         maps = _cross_fit(
-            original, work, _observed(analysis, by_channel), g, kept, done, batches, ridge, fits
+            cursors, starts, _observed(analysis, by_channel), g, kept, done, batches, ridge, fits
         )
         refits: Refits = {}
         for c in by_channel:
