@@ -16,20 +16,7 @@ class _Captured(Exception):
 def capture(gm: fx.GraphModule, names: set[str], inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
     """The outputs of the nodes ``names`` on ``inputs``, running the graph only as far as needed
     (tensors detached; a symbolic size comes back as its value)."""
-    found: dict[str, Any] = {}
-
-    class _Interpreter(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            out = super().run_node(n)
-            if n.name in names:
-                found[n.name] = out.detach() if isinstance(out, torch.Tensor) else out
-                if len(found) == len(names):
-                    raise _Captured
-            return out
-
-    with torch.no_grad(), contextlib.suppress(_Captured):
-        _Interpreter(gm).run(*inputs)
-    return found
+    return Cursor(gm, 1, budget=0).values(0, inputs, names, start=len(gm.graph.nodes))
 
 
 def downstream(gm: fx.GraphModule, targets: set[str]) -> set[fx.Node]:
@@ -39,24 +26,6 @@ def downstream(gm: fx.GraphModule, targets: set[str]) -> set[fx.Node]:
         if (n.op == "get_attr" and n.target in targets) or any(a in changed for a in n.all_input_nodes):
             changed.add(n)
     return changed
-
-
-def boundary(changed: set[fx.Node]) -> set[str]:
-    """The unchanged nodes that ``changed`` nodes read (parameters aside): a resumed run starts there."""
-    return {a.name for n in changed for a in n.all_input_nodes if a not in changed and a.op != "get_attr"}
-
-
-def resume(
-    gm: fx.GraphModule,
-    start: dict[str, torch.Tensor],
-    changed: set[fx.Node],
-    inputs: tuple[torch.Tensor, ...],
-) -> Any:
-    """``gm``'s output on ``inputs``, computing only the ``changed`` nodes: every other node's value is
-    taken from ``start`` (the ``boundary`` values of an earlier run on the same inputs)."""
-    env = {n: start.get(n.name) for n in gm.graph.nodes if n not in changed and n.op != "get_attr"}
-    with torch.no_grad():
-        return fx.Interpreter(gm).run(*inputs, initial_env=env)
 
 
 class Cursor:
@@ -83,8 +52,8 @@ class Cursor:
         return min(hit + [self.index[n] for n in names if n in self.index] + [len(self.nodes)])
 
     def values(self, i: int, inputs: tuple[torch.Tensor, ...], names: set[str], start: int) -> dict[str, Any]:
-        """The outputs of ``names`` for batch ``i``; the values live at node ``start`` are kept for the
-        next call (which must not start earlier)."""
+        """The outputs of ``names`` for batch ``i`` (the same ``inputs`` at every call); the values live
+        at node ``start`` are kept for the next call, which resumes from them unless it starts earlier."""
         saved = self.saved[i]
         begin, env = (saved[0], saved[1]) if saved is not None and saved[0] <= start else (0, {})
         live = _live(self.nodes, start)

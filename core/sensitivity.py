@@ -23,7 +23,7 @@ import torch
 from torch import fx
 
 from core.calibration import Batch
-from core.capture import boundary, capture, downstream, resume
+from core.capture import Cursor
 from core.graph import ChannelGroup, GraphAnalysis
 from core.reconstruct import Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
@@ -120,15 +120,16 @@ def _probe(
     """``sum ||f' - f||^2`` (``f``: ``reference``, per batch) with ``g`` keeping each of ``probes`` in turn.
     Only what a probe changes runs again: each batch runs once as far as ``g``'s producers."""
     tensors = [pruned_tensors(gm, analysis, {s: j for s in g.spaces}, refits_for(g, j)) for j in probes]
-    changed = downstream(gm, set().union(*tensors))
-    start_at = boundary(changed)
+    patched = {p.node for p in analysis.patches if p.layout.spaces & set(g.spaces)}
+    start = Cursor(gm, 0, 0).first_change(set().union(*tensors), patched)
+    output = next(n.name for n in gm.graph.nodes if n.op == "output")
     errors = [0.0] * len(probes)
-    with torch.no_grad():
-        for b, ref in zip(batches, reference, strict=True):
-            start = capture(gm, start_at, b)
-            for i, (kept, new) in enumerate(zip(probes, tensors, strict=True)):
-                with swapped(gm, analysis, new, {s: len(kept) for s in g.spaces}):
-                    errors[i] += float(((_flat(resume(gm, start, changed, b)) - ref) ** 2).sum())
+    for b, ref in zip(batches, reference, strict=True):
+        cursor = Cursor(gm, 1, budget=1 << 62)  # one batch's values at one cut: no more than its pass holds
+        cursor.values(0, b, set(), start)  # as far as the group's producers, once
+        for i, (kept, new) in enumerate(zip(probes, tensors, strict=True)):
+            with swapped(gm, analysis, new, {s: len(kept) for s in g.spaces}):
+                errors[i] += float(((_flat(cursor.values(0, b, {output}, start)[output]) - ref) ** 2).sum())
     return errors
 
 
