@@ -1,4 +1,4 @@
-"""Run a graph in part: only as far as the nodes whose outputs are wanted, or only from where a change starts."""
+"""Run a graph in part: only as far as the nodes whose outputs are wanted, and from where it last changed."""
 
 from __future__ import annotations
 
@@ -13,12 +13,6 @@ class _Captured(Exception):
     """Raised to end a forward pass once every wanted node has run."""
 
 
-def capture(gm: fx.GraphModule, names: set[str], inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-    """The outputs of the nodes ``names`` on ``inputs``, running the graph only as far as needed
-    (tensors detached; a symbolic size comes back as its value)."""
-    return Cursor(gm, 1, budget=0).values(0, inputs, names, start=len(gm.graph.nodes))
-
-
 def downstream(gm: fx.GraphModule, targets: set[str]) -> set[fx.Node]:
     """The nodes whose values change when the parameters or buffers ``targets`` change."""
     changed: set[fx.Node] = set()
@@ -26,6 +20,14 @@ def downstream(gm: fx.GraphModule, targets: set[str]) -> set[fx.Node]:
         if (n.op == "get_attr" and n.target in targets) or any(a in changed for a in n.all_input_nodes):
             changed.add(n)
     return changed
+
+
+def first_change(gm: fx.GraphModule, params: set[str], nodes: set[str]) -> int:
+    """The index of the first computed node of ``gm`` that reads the parameters or buffers ``params``
+    (directly or not), or is one of ``nodes``: everything before it is untouched by their rewrite."""
+    index = {n.name: i for i, n in enumerate(gm.graph.nodes)}
+    hit = [index[n.name] for n in downstream(gm, params) if n.op not in ("get_attr", "placeholder")]
+    return min(hit + [index[n] for n in nodes if n in index] + [len(index)])
 
 
 class Cursor:
@@ -40,16 +42,8 @@ class Cursor:
     def __init__(self, gm: fx.GraphModule, batches: int, budget: int) -> None:
         self.gm, self.budget = gm, budget
         self.nodes = list(gm.graph.nodes)
-        self.index = {n.name: i for i, n in enumerate(self.nodes)}
         self.saved: list[tuple[int, dict[fx.Node, Any]] | None] = [None] * batches
         self.refused = -1  # a start index whose snapshots were over budget
-
-    def first_change(self, targets: set[str], names: set[str]) -> int:
-        """The index of the first computed node that depends on the parameters ``targets`` or is named
-        in ``names`` (nodes whose arguments are about to be rewritten)."""
-        changed = downstream(self.gm, targets)
-        hit = [self.index[n.name] for n in changed if n.op not in ("get_attr", "placeholder")]
-        return min(hit + [self.index[n] for n in names if n in self.index] + [len(self.nodes)])
 
     def values(self, i: int, inputs: tuple[torch.Tensor, ...], names: set[str], start: int) -> dict[str, Any]:
         """The outputs of ``names`` for batch ``i`` (the same ``inputs`` at every call); the values live

@@ -118,6 +118,13 @@ class GraphAnalysis:
     def prunable(self) -> list[ChannelGroup]:
         return [g for g in self.groups if g.skipped is None]
 
+    def rewritten_by(self, g: ChannelGroup) -> tuple[set[str], set[str]]:
+        """What narrowing ``g`` rewrites: the parameters and buffers, and the nodes whose literal sizes
+        follow its width."""
+        spaces = set(g.spaces)
+        params = {pa.target for pa in self.param_axes if pa.layout.spaces & spaces}
+        return params, {p.node for p in self.patches if p.layout.spaces & spaces}
+
 
 class _UnionFind:
     def __init__(self) -> None:

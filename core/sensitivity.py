@@ -23,7 +23,7 @@ import torch
 from torch import fx
 
 from core.calibration import Batch
-from core.capture import Cursor
+from core.capture import Cursor, first_change
 from core.graph import ChannelGroup, GraphAnalysis
 from core.reconstruct import Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
@@ -120,8 +120,7 @@ def _probe(
     """``sum ||f' - f||^2`` (``f``: ``reference``, per batch) with ``g`` keeping each of ``probes`` in turn.
     Only what a probe changes runs again: each batch runs once as far as ``g``'s producers."""
     tensors = [pruned_tensors(gm, analysis, {s: j for s in g.spaces}, refits_for(g, j)) for j in probes]
-    patched = {p.node for p in analysis.patches if p.layout.spaces & set(g.spaces)}
-    start = Cursor(gm, 0, 0).first_change(set().union(*tensors), patched)
+    start = first_change(gm, *analysis.rewritten_by(g))
     output = next(n.name for n in gm.graph.nodes if n.op == "output")
     errors = [0.0] * len(probes)
     for b, ref in zip(batches, reference, strict=True):

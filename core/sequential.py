@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import fx
 
-from core.capture import Cursor
+from core.capture import Cursor, first_change
 from core.covariance import _rows
 from core.graph import ChannelGroup, Consumer, GraphAnalysis
 from core.layout import Layout
@@ -97,9 +97,7 @@ def sequential_refit(
     samples = sum(b[0].shape[0] for b in batches)
     cursors = Cursor(original, len(batches), CACHE_BYTES), Cursor(work, len(batches), CACHE_BYTES)
     for i, g in enumerate(ordered):
-        touched = {pa.target for pa in analysis.param_axes if pa.layout.spaces & set(g.spaces)}
-        patched = {p.node for p in analysis.patches if p.layout.spaces & set(g.spaces)}
-        starts = [c.first_change(touched, patched) for c in cursors]
+        starts = [first_change(c.gm, *analysis.rewritten_by(g)) for c in cursors]
         planned = (plan(work, original, analysis, c, g, kept, done, ridge, samples) for c in g.consumers)
         fits = [f for f in planned if f is not None] if output_level else []
         direct = {f.consumer.node for f in fits}
