@@ -458,6 +458,7 @@ def compress(
         raise UnsupportedModelError(
             f"compress takes a torch.export.ExportedProgram, got {type(program).__name__}"
         )
+    program = rewrite.out_of_place(program)
     clock = _Clock(progress)
     clock.stage("analyse")
     specs = rewrite.input_specs(program)
@@ -525,9 +526,26 @@ def compress(
         "evaluation": {"samples": len(eval_data), "source": "evaluation" if evaluation else "calibration"},
         "timings": clock.timings,
     }
+    report["warnings"] = report["warnings"] + _target_missed(config, report)
     if stages > 1:
         _widths_from_original(report, program, data, specs)
     return CompressionResult(current, report, pruned.program)
+
+
+def _target_missed(config: CompressionConfig, report: dict[str, Any]) -> list[str]:
+    """A warning when the measured FLOPs or parameters kept fall outside 1% of the requested ratio."""
+    for rule, key, what in (("flops_ratio", "flops", "FLOPs"), ("params_ratio", "params", "parameters")):
+        target = getattr(config, rule)
+        before, after = report["original"][key], report["compressed"][key]
+        if target is None or not before:
+            continue
+        kept = after / before
+        if abs(kept - target) > 0.01 * target:
+            return [
+                f"{what} kept are {kept:.3f} of the original, outside 1% of the {rule} target {target:.3g}: "
+                "the prunable channels are too few or too coarse to land closer (see skipped)"
+            ]
+    return []
 
 
 def _stage_config(

@@ -291,6 +291,10 @@ class _Tracer:
             self._softmax(node)
         elif t in ops.LAYER_NORM:
             self._layer_norm(node)
+        elif t in ops.GROUP_NORM:
+            self._stop(
+                node, "GroupNorm normalises channels in fixed groups, so removing any changes the groups"
+            )
         elif t in ops.SHAPE_ONLY:
             self.layouts[node] = None
         elif t is ops.GETITEM:
@@ -327,6 +331,10 @@ class _Tracer:
             self.patches.append(ShapePatch(node.name, group_arg, None, li))
             self.layouts[node] = li
             self.compute.append(ComputeNode(node.name, weight, flops, None, li.moved(0)))
+            return None
+        if depthwise and li is None:  # its channels follow an input no group owns
+            self.layouts[node] = None
+            self.compute.append(ComputeNode(node.name, weight, flops, None, None))
             return None
         if groups > 1 and not depthwise:
             self._poison(li, f"grouped convolution (groups={groups}) couples channels group by group")

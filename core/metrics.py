@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.calibration import Batch, Samples
@@ -82,9 +83,16 @@ class Agreement:
         }
 
 
-def _logits(out: torch.Tensor | tuple | list) -> torch.Tensor:
-    out = out[0] if isinstance(out, tuple | list) else out
-    return out.detach().float().cpu()
+def primary_output(out: object) -> torch.Tensor:
+    """The output scored and reported: the first floating-point tensor in a tensor, tuple, list or dict."""
+    for leaf in tree_leaves(out):
+        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
+            return leaf
+    raise TypeError(f"the model returns no floating-point tensor (got {type(out).__name__})")
+
+
+def _logits(out: object) -> torch.Tensor:
+    return primary_output(out).detach().float().cpu()
 
 
 def predict(module: nn.Module, data: Samples, batch: int, device: torch.device) -> list[torch.Tensor]:
@@ -111,13 +119,23 @@ def score_outputs(
     return acc.summary()
 
 
+def class_count(module: nn.Module, example: Batch) -> int | None:
+    """The number of classes a classifier predicts (outputs of shape (N, C)); None for other models."""
+    with torch.no_grad():
+        out = module(*example)
+    try:
+        logits = primary_output(out)
+    except TypeError:
+        return None
+    return int(logits.shape[1]) if logits.dim() == 2 else None
+
+
 def check_labels(module: nn.Module, example: Batch, labels: torch.Tensor) -> int:
     """The number of classes the model outputs; raises LabelError for labels outside it."""
     from core.errors import LabelError
 
     with torch.no_grad():
-        out = module(*example)
-    out = out[0] if isinstance(out, tuple | list) else out
+        out = primary_output(module(*example))
     if out.dim() != 2:
         raise LabelError(f"accuracy needs (N, classes) outputs; the model returns shape {tuple(out.shape)}")
     classes = out.shape[1]

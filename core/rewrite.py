@@ -11,6 +11,18 @@ from core.cost import Widths
 from core.graph import GraphAnalysis
 
 
+def out_of_place(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``program`` with in-place ops (``x += y``, ``relu_``) made functional; itself when it has none.
+
+    The analysis replays the graph from saved activations, which an in-place op would overwrite.
+    """
+    mutating = any(
+        isinstance(n.target, torch._ops.OpOverload) and n.target._schema.is_mutable
+        for n in program.graph.nodes
+    )
+    return program.run_decompositions({}) if mutating else program
+
+
 def patch_shapes(gm: fx.GraphModule, analysis: GraphAnalysis, widths: Widths) -> None:
     """Rewrite literal sizes (``view(-1, 512*7*7)``, depthwise ``groups``) to the new widths."""
     if not analysis.patches:

@@ -23,6 +23,7 @@ def run(job_dir: Path, spec: dict[str, Any], progress: Progress) -> dict[str, An
     import torch
 
     from core import CompressionConfig, compress
+    from core.metrics import class_count
     from worker import checkpoints, data_io, model_io
 
     if spec.get("threads"):
@@ -31,7 +32,7 @@ def run(job_dir: Path, spec: dict[str, Any], progress: Progress) -> dict[str, An
     with data_io.JobData.open(job_dir, spec["data"], config.calibration_samples, config.seed) as data:
         loaded, example = model_io.load(job_dir / spec["model"], data.examples)
         output_format = model_io.resolve_output_format(spec["output_format"], loaded.format)
-        data.check_labels(model_io.class_count(loaded, example))
+        data.check_labels(class_count(loaded.program.module(), (example,)))
         calibration, labels = data.calibration()
         evaluation = data.evaluation()
         training = data.training(int(spec["data"]["training_samples"])) if config.recovery.enabled else None

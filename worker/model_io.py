@@ -50,14 +50,6 @@ def load(path: Path, examples: ExampleSource) -> tuple[LoadedModel, torch.Tensor
         return loaded, example
 
 
-def class_count(loaded: LoadedModel, example: torch.Tensor) -> int | None:
-    """The number of classes a classifier predicts (outputs of shape (N, C)); None for other models."""
-    with torch.no_grad():
-        out = loaded.program.module()(example)
-    out = out[0] if isinstance(out, tuple | list) else out
-    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
-
-
 def resolve_output_format(requested: str, input_format: str) -> str:
     """The format to write: the input's for ``same``."""
     fmt = input_format if requested == "same" else requested

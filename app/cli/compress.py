@@ -112,6 +112,7 @@ def _compress(
     from core import compress
     from core.datasets import Preprocess, check_labels, make_splits
     from core.formats import save_model
+    from core.metrics import class_count
 
     display.update("loading", 0.0)
     steps = Preprocess.from_dict(preprocess) if preprocess else None
@@ -127,7 +128,7 @@ def _compress(
                 evaluation_samples=EVAL_SAMPLES,
             )
             loaded, example = _load_model(paths["model"], dataset, plan.calibration)
-            classes = _class_count(loaded.program, example)
+            classes = class_count(loaded.program.module(), (example,))
             labelled = classes is not None
             for source in (dataset, eval_dataset):
                 if classes is not None and source is not None and source.has_labels:
@@ -216,16 +217,6 @@ def _load_with_example(path: Path, dataset: Any, calibration: Any) -> tuple[Any,
         example = examples(batch)
         check_inputs_fit(loaded, [example])
         return loaded, example
-
-
-def _class_count(program: Any, example: Any) -> int | None:
-    """Classes a classifier predicts (outputs (N, C)); None for other models (no accuracy then)."""
-    import torch
-
-    with torch.no_grad():
-        out = program.module()(example)
-    out = out[0] if isinstance(out, tuple | list) else out
-    return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
 
 
 def _quiet_libraries() -> None:

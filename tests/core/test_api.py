@@ -83,6 +83,22 @@ def test_unreachable_target_names_the_limiting_layers(vgg) -> None:
         compress(program, x, CompressionConfig(params_ratio=0.001))
 
 
+def test_a_target_the_channels_cannot_land_near_is_warned_about() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    two_channels = torch.nn.Sequential(  # one prunable group whose each channel is half the FLOPs
+        torch.nn.Conv2d(3, 2, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(2, 4),
+    )
+    program = models.export(two_channels.eval(), x[:4])
+    report = compress(program, x, CompressionConfig(flops_ratio=0.7), measure_latency=False).report
+    assert report["compressed"]["flops"] / report["original"]["flops"] < 0.6
+    assert any("outside 1% of the flops_ratio target 0.7" in w for w in report["warnings"])
+
+
 def test_report_is_complete_and_json_serialisable(vgg) -> None:
     import json
 
@@ -95,6 +111,7 @@ def test_report_is_complete_and_json_serialisable(vgg) -> None:
         assert 0.0 <= report[side]["top1"] <= report[side]["top5"] <= 1.0
         assert report[side]["latency_ms"]["batch_1"] > 0
     assert report["original"]["agreement"] == 1.0
+    assert report["warnings"] == []  # the 0.5 target met within 1%
     assert report["compressed"]["params"] < report["original"]["params"]
     layer_keys = {
         "name",

@@ -1,0 +1,136 @@
+"""Forms a model may be written in that the analysis must see through: in-place ops, depthwise
+convolutions on channels no group owns, outputs returned in a dict."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core import CompressionConfig, compress
+from core.metrics import class_count
+from tests.core import models
+
+
+class InPlaceBlock(models.BasicBlock):
+    """``BasicBlock`` written the torchvision way: ``out += identity`` and ``relu(inplace=True)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        out += self.shortcut(x)
+        return F.relu_(out)
+
+
+def _in_place_twin(model: models.ResNetLike) -> models.ResNetLike:
+    twin = models.ResNetLike()
+    for i, block in enumerate(model.layers):
+        stride = block.conv1.stride[0]
+        twin.layers[i] = InPlaceBlock(block.conv1.in_channels, block.conv1.out_channels, stride)
+    twin.load_state_dict(model.state_dict())
+    return twin.eval()
+
+
+def test_in_place_residual_adds_prune_like_out_of_place_ones() -> None:
+    torch.manual_seed(0)
+    model = models.randomize_bn(models.ResNetLike()).eval()
+    twin = _in_place_twin(model)
+    x = torch.randn(96, 3, 16, 16)
+    assert torch.allclose(twin(x), model(x), atol=1e-5)
+    config = CompressionConfig(flops_ratio=0.5)
+    plain = compress(models.export(model, x[:4]), x, config, measure_latency=False)
+    in_place = compress(models.export(twin, x[:4]), x, config, measure_latency=False)
+
+    def widths(report: dict) -> list[tuple[int, int]]:
+        return [(layer["width_before"], layer["width_after"]) for layer in report["layers"]]
+
+    assert len(in_place.report["layers"]) == len(plain.report["layers"]) == 5  # streams included
+    assert widths(in_place.report) == widths(plain.report)
+    assert torch.allclose(in_place.program.module()(x), plain.program.module()(x), atol=1e-4)
+    errors = [r.report["compressed"]["output_error"] for r in (in_place, plain)]
+    assert abs(errors[0] - errors[1]) < 1e-4
+
+
+class DepthwiseFirst(nn.Module):
+    """A depthwise convolution straight on the input, and one after a ShuffleNet channel shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dw_in = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.conv1 = nn.Conv2d(8, 16, 3, padding=1)
+        self.dw_shuffled = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.conv2 = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(torch.relu(self.dw_in(x))))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)  # channel shuffle
+        x = torch.relu(self.conv2(torch.relu(self.dw_shuffled(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def test_depthwise_convolutions_on_untracked_channels_are_left_whole() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 8, 8)
+    model = DepthwiseFirst().eval()
+    result = compress(
+        models.export(model, x[:4]), x, CompressionConfig(flops_ratio=0.9), measure_latency=False
+    )
+    skipped = {s["name"]: s["reason"] for s in result.report["skipped"]}
+    assert "reshape" in skipped["conv1"]  # the shuffle mixes conv1's channels
+    pruned = {
+        layer["name"] for layer in result.report["layers"] if layer["width_after"] < layer["width_before"]
+    }
+    assert pruned == {"conv2"}
+    assert result.program.module()(x).shape == (64, 4)
+    assert result.report["compressed"]["flops"] < result.report["original"]["flops"]
+
+
+class DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = models.VGGLike()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.body(x)
+        return {"logits": logits, "probabilities": logits.softmax(dim=1)}
+
+
+def test_dict_outputs_are_scored_on_their_first_tensor() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(96, 3, 16, 16)
+    model = models.randomize_bn(DictOutput()).eval()
+    labels = model(x)["logits"].argmax(dim=1)
+    assert class_count(model, (x[:2],)) == 10
+    result = compress(
+        models.export(model, x[:4]),
+        x,
+        CompressionConfig(flops_ratio=0.6),
+        labels=labels,
+        measure_latency=False,
+    )
+    assert result.report["original"]["top1"] == 1.0
+    assert 0.0 < result.report["compressed"]["top1"] <= 1.0
+    assert set(result.program.module()(x)) == {"logits", "probabilities"}
+
+
+def test_group_norm_channels_are_left_whole_with_the_reason() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    ).eval()
+    result = compress(
+        models.export(model, x[:4]), x, CompressionConfig(flops_ratio=0.7), measure_latency=False
+    )
+    skipped = {s["name"]: s["reason"] for s in result.report["skipped"]}
+    assert "GroupNorm" in skipped["0"]
+    assert {layer["name"] for layer in result.report["layers"]} == {"3"}
