@@ -289,6 +289,10 @@ class _Tracer:
             self._reduce(node)
         elif t in ops.SOFTMAX:
             self._softmax(node)
+        elif t in ops.SLICE:
+            self._slice(node)
+        elif t in ops.SELECT:
+            self._select(node)
         elif t in ops.LAYER_NORM:
             self._layer_norm(node)
         elif t in ops.GROUP_NORM:
@@ -550,6 +554,31 @@ class _Tracer:
             return self._stop(node, "a reduction over the channel axis")
         axis = li.axis if keepdim else li.axis - sum(d < li.axis for d in dims)
         self.layouts[node] = li.moved(axis)
+        return None
+
+    def _slice(self, node: fx.Node) -> None:
+        """``x[..., a:b, ...]``: a crop of another axis (or all of the channel axis) keeps the channels."""
+        li = self._layout(_args(node)[0])
+        args = _args(node)
+        shape = self._shape(args[0])
+        dim = int(args[1]) % len(shape) if len(args) > 1 else 0
+        if li is not None and dim == li.axis:
+            start, end, step = [*args[2:5], None, None, None][:3]  # slice(x, dim, start, end, step)
+            if (start or 0) != 0 or not (end is None or end >= shape[dim]) or (step or 1) != 1:
+                return self._stop(node, "a slice of the channel axis")
+        self.layouts[node] = li
+        return None
+
+    def _select(self, node: fx.Node) -> None:
+        """``x[:, i]`` along another axis (a class token, a time step): the channel axis moves up."""
+        li = self._layout(_args(node)[0])
+        if li is None:
+            self.layouts[node] = None
+            return None
+        dim = int(_args(node)[1]) % len(self._shape(_args(node)[0]))
+        if dim == li.axis:
+            return self._stop(node, "a selection of single channels")
+        self.layouts[node] = li.moved(li.axis - (dim < li.axis))
         return None
 
     def _softmax(self, node: fx.Node) -> None:

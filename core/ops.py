@@ -122,6 +122,8 @@ ADDITIVE = {aten.add.Tensor, aten.sub.Tensor}
 REDUCE = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default}
 SOFTMAX = {aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
 CAT = {aten.cat.default}
+SLICE = {aten.slice.Tensor}
+SELECT = {aten.select.int}
 
 RESHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 FLATTEN = {aten.flatten.using_ints}

@@ -134,3 +134,33 @@ def test_group_norm_channels_are_left_whole_with_the_reason() -> None:
     skipped = {s["name"]: s["reason"] for s in result.report["skipped"]}
     assert "GroupNorm" in skipped["0"]
     assert {layer["name"] for layer in result.report["layers"]} == {"3"}
+
+
+class Sliced(nn.Module):
+    """A crop of the spatial axes, a whole-channel slice (``[:, :, None, None]``) and a selected row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.embed = nn.Linear(6, 16)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))[:, :, 1:-1, 1:-1] + self.embed(z)[:, :, None, None]
+        h = torch.relu(self.conv2(h))
+        return self.fc(h.flatten(2).transpose(1, 2)[:, 0])  # the first position's channels
+
+
+def test_slices_off_the_channel_axis_keep_channels_prunable() -> None:
+    torch.manual_seed(0)
+    x, z = torch.randn(64, 3, 10, 10), torch.randn(64, 6)
+    model = Sliced().eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (x[:4], z[:4]), dynamic_shapes=({0: batch}, {0: batch}))
+    calibration = list(zip(x.split(16), z.split(16), strict=True))
+    result = compress(program, calibration, CompressionConfig(alpha=1.0), measure_latency=False)
+    assert {layer["name"] for layer in result.report["layers"]} == {"conv1+1", "conv2"}
+    assert torch.allclose(result.program.module()(x, z), model(x, z), atol=1e-5)
+    result = compress(program, calibration, CompressionConfig(flops_ratio=0.6), measure_latency=False)
+    assert result.program.module()(x[:3], z[:3]).shape == (3, 4)
