@@ -164,3 +164,24 @@ def test_slices_off_the_channel_axis_keep_channels_prunable() -> None:
     assert torch.allclose(result.program.module()(x, z), model(x, z), atol=1e-5)
     result = compress(program, calibration, CompressionConfig(flops_ratio=0.6), measure_latency=False)
     assert result.program.module()(x[:3], z[:3]).shape == (3, 4)
+
+
+def test_a_slice_of_some_channels_leaves_them_whole() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 8, 8)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()).eval()
+    head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    class FirstHalf(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head, self.fc = model, head, nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.head(self.body(x)[:, :8]))
+
+    net = FirstHalf().eval()
+    result = compress(models.export(net, x[:4]), x, CompressionConfig(flops_ratio=0.8), measure_latency=False)
+    skipped = {s["name"]: s["reason"] for s in result.report["skipped"]}
+    assert skipped["body.0"] == "a slice of the channel axis"
+    assert {layer["name"] for layer in result.report["layers"]} == {"head.0"}
