@@ -468,6 +468,8 @@ class _Tracer:
             self._slice_param(b, baxis, la)  # a per-channel scale or shift (layer scale, bias)
             self.layouts[node] = la
             return None
+        if self._param(b) is None and bshape[baxis] == la.columns:
+            return self._stop(node, "combined channel by channel with channels left whole (see their reason)")
         return self._stop(node, "combined with a tensor that is not channel-aligned")
 
     def _cat(self, node: fx.Node) -> None:

@@ -115,25 +115,30 @@ def test_dict_outputs_are_scored_on_their_first_tensor() -> None:
     assert set(result.program.module()(x)) == {"logits", "probabilities"}
 
 
+class GroupNormed(nn.Module):
+    """A GroupNorm stem, then a residual branch added to the stem's (unprunable) channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.norm = nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8)
+        self.conv1, self.conv2 = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.norm(self.stem(x)))
+        h = h + self.conv2(torch.relu(self.conv1(h)))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
 def test_group_norm_channels_are_left_whole_with_the_reason() -> None:
     torch.manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.GroupNorm(2, 8),
-        nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 4),
-    ).eval()
-    result = compress(
-        models.export(model, x[:4]), x, CompressionConfig(flops_ratio=0.7), measure_latency=False
-    )
+    program = models.export(GroupNormed().eval(), x[:4])
+    result = compress(program, x, CompressionConfig(flops_ratio=0.7), measure_latency=False)
     skipped = {s["name"]: s["reason"] for s in result.report["skipped"]}
-    assert "GroupNorm" in skipped["0"]
-    assert {layer["name"] for layer in result.report["layers"]} == {"3"}
+    assert "GroupNorm" in skipped["stem"]
+    assert "channels left whole" in skipped["conv2"]  # added to the stem's channels
+    assert {layer["name"] for layer in result.report["layers"]} == {"conv1"}
 
 
 class Sliced(nn.Module):
