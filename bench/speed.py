@@ -2,6 +2,7 @@
 
     python -m bench.speed --model vgg16_bn --size 32 --samples 1024            # CPU, CIFAR-sized VGG-16-BN
     python -m bench.speed --model vgg16_bn_imagenet --size 224 --samples 4096 --device cuda   # bench/gpu.sh
+    python -m bench.speed --model resnet18_imagenet --size 224 --configs default   # a 224x224 ResNet on CPU
 
 Weights are random (with non-trivial BatchNorm statistics) and inputs synthetic: speed does not depend on
 them. Writes ``bench/results/speed-<device>-<model>.json``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import time
 
 import torch
@@ -36,8 +38,47 @@ def vgg16_bn_imagenet() -> nn.Module:
     return nn.Sequential(*layers, nn.Flatten(), *head, nn.Dropout(), nn.Linear(4096, 1000))
 
 
+class _InPlaceBlock(nn.Module):
+    """torchvision's ResNet basic block, written as it is there: ``out += identity``, in-place ReLUs."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1, self.relu = nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+        self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        out += identity
+        return self.relu(out)
+
+
+def resnet18_imagenet() -> nn.Module:
+    """ResNet-18 at 224x224 (He et al. 2016) as torchvision writes it: 7x7 stem, four stages, 1000 classes."""
+    stem = [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+    blocks, c_in = [], 64
+    for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        blocks += [_InPlaceBlock(c_in, c_out, stride), _InPlaceBlock(c_out, c_out, 1)]
+        c_in = c_out
+    return nn.Sequential(*stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
+
+
+IMAGENET_MODELS = {"vgg16_bn_imagenet": vgg16_bn_imagenet, "resnet18_imagenet": resnet18_imagenet}
+
+
 def build(name: str) -> nn.Module:
-    model = vgg16_bn_imagenet() if name == "vgg16_bn_imagenet" else build_model(name)
+    model = IMAGENET_MODELS[name]() if name in IMAGENET_MODELS else build_model(name)
     gen = torch.Generator().manual_seed(0)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -76,6 +117,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ratio", type=float, default=0.5)
+    parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=list(CONFIGS))
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -85,7 +127,8 @@ def main() -> None:
     program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
     plain = forward_seconds(program.module(), x, args.batch, device)
     rows = {"forward": plain}
-    for name, options in CONFIGS.items():
+    for name in args.configs:
+        options = CONFIGS[name]
         config = CompressionConfig(
             flops_ratio=args.ratio,
             calibration_samples=args.samples,
@@ -119,6 +162,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "results": rows,
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # Linux: KiB
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"speed-{device.type}-{args.model}.json"

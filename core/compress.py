@@ -26,7 +26,7 @@ from core.config import CompressionConfig
 from core.cost import CostModel, Widths
 from core.covariance import Moments, Observation, collect_moments
 from core.errors import ConfigError, UnsupportedModelError
-from core.graph import ChannelGroup, GraphAnalysis, analyse
+from core.graph import ChannelGroup, GraphAnalysis, analyse, probe_shapes
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.recovery import recover
 from core.selection import consumer_gram, greedy_select, losses, refit_map
@@ -83,9 +83,12 @@ def _device(config: CompressionConfig) -> torch.device:
     return torch.device("cpu")
 
 
-def _batch_size(analysis: GraphAnalysis, probe_batch: int, device: torch.device, specs: list) -> int:
-    """As many samples as fit the activation budget (every node's output for one sample, float32)."""
-    per_sample = sum(math.prod(s) for s in analysis.shapes.values()) * 4 / probe_batch
+def _batch_size(
+    shapes: dict[str, tuple[int, ...]], probe_batch: int, device: torch.device, specs: list
+) -> int:
+    """As many samples as fit the activation budget (every node's output for one sample, float32;
+    ``shapes`` as measured on ``probe_batch`` samples)."""
+    per_sample = sum(math.prod(s) for s in shapes.values()) * 4 / probe_batch
     fits = int(ACTIVATION_BUDGET[device.type] // max(per_sample, 1))
     return cal.batch_size(specs, max(1, min(256, fits)))
 
@@ -346,7 +349,7 @@ def _prune(
                 g.skipped = "residual stream: its channels are tied to an identity path (residual='keep')"
     one = _single(data, specs)
     cost = CostModel(analysis, gm, metrics.count_flops(gm, one) / one[0].shape[0])
-    batch = _batch_size(analysis, probe[0].shape[0], device, specs)
+    batch = _batch_size(analysis.shapes, probe[0].shape[0], device, specs)
     prunable = analysis.prunable
     skipped = {g.name: g.skipped for g in analysis.groups if g.skipped}
 
@@ -474,7 +477,8 @@ def compress(
     train_data = _samples(training, specs, "training") or data
 
     clock.stage("evaluate")
-    eval_batch = cal.batch_size(specs, 256)
+    one = _single(data, specs)
+    eval_batch = _batch_size(probe_shapes(original, one), one[0].shape[0], torch.device("cpu"), specs)
     if cal.batch_size(specs, 0):  # a static batch dim: evaluate on whole batches only
         eval_data = eval_data.take(torch.arange(max(eval_batch, len(eval_data) // eval_batch * eval_batch)))
     reference = metrics.predict(original, eval_data, eval_batch, torch.device("cpu"))
@@ -508,7 +512,6 @@ def compress(
     assert pruned is not None
 
     clock.stage("evaluate")
-    one = _single(data, specs)
 
     def measure(
         p: torch.export.ExportedProgram, module: torch.nn.Module, outputs: list[torch.Tensor] | None = None
