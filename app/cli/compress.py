@@ -205,10 +205,10 @@ def _load_with_example(path: Path, dataset: Any, calibration: Any) -> tuple[Any,
 
     example = examples(2)
     try:
-        return load_model(path, example_input=example), example
+        return load_model(path, example_input=example, external_data=True), example
     except CalibrationError as mismatch:
         try:
-            loaded = load_model(path)
+            loaded = load_model(path, external_data=True)
         except ExampleInputRequiredError:
             raise mismatch from None
         batch = loaded.input_shape[0] if loaded.input_shape else None

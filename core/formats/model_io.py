@@ -22,6 +22,7 @@ from core.formats.archive_safety import DEFAULT_LIMITS, ArchiveLimits
 from core.formats.detect import Detection, inspect_model_file
 from core.formats.errors import CorruptModelError, ExportError, UnsupportedFormatError, first_line
 from core.formats.onnx_export import save_onnx
+from core.formats.onnx_graph import inline_external_data
 from core.formats.onnx_import import load_onnx
 from core.formats.program import LoadedModel, example_inputs, input_shapes, run_program, with_batch
 from core.formats.pt2 import load_pt2, save_pt2
@@ -47,8 +48,12 @@ def load_model(
     *,
     example_input: ExampleInput = None,
     limits: ArchiveLimits = DEFAULT_LIMITS,
+    external_data: bool = False,
 ) -> LoadedModel:
     """Read a model file of any accepted format as an ``ExportedProgram``.
+
+    ``external_data``: read an ONNX model's external tensors from files beside it (local files the
+    caller trusts as much as the model; the service never sets it, so uploads stay single files).
 
     ``example_input`` (a tensor, or one per model input, batch first) is needed for TorchScript and
     for ONNX files with symbolic non-batch dimensions; when given it must fit the model's input shape
@@ -58,6 +63,8 @@ def load_model(
     detection = inspect_model_file(path, limits=limits)
     examples = _as_inputs(example_input)
     try:
+        if external_data and detection.format == "onnx":
+            inline_external_data(detection.onnx_model, Path(path).parent)
         program = _load_detected(path, detection, examples, limits)
     except (SpecpruneError, MemoryError):
         raise

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.formats.errors import UnsupportedFormatError
+from core.formats.errors import CorruptModelError, UnsupportedFormatError
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 EXTERNAL_DATA_HINT = (
@@ -89,6 +90,43 @@ def refuse_external_data(model: Any) -> None:
                 "external data is refused.",
                 EXTERNAL_DATA_HINT,
             )
+
+
+def inline_external_data(model: Any, directory: Path) -> None:
+    """Read every external tensor of ``model`` into it, from files named by a plain file name in
+    ``directory`` (the model's own directory); any other location is refused. For local files only:
+    an uploaded model never brings files of its own along."""
+    from onnx import TensorProto, helper
+
+    root = directory.resolve()
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        name = info.get("location", "")
+        source = (root / name).resolve()
+        if not name or Path(name).name != name or source.parent != root or not source.is_file():
+            raise UnsupportedFormatError(
+                f"the ONNX tensor {tensor.name!r} is stored in {name!r}, which is not a file beside the "
+                "model.",
+                EXTERNAL_DATA_HINT,
+            )
+        # bytes = prod(dims) * itemsize
+        expected = (
+            math.prod(tensor.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        )
+        offset, length = int(info.get("offset", 0)), int(info.get("length", expected))
+        with open(source, "rb") as stream:
+            stream.seek(offset)
+            raw = stream.read(length)
+        if length != expected or len(raw) != expected:
+            raise CorruptModelError(
+                f"the ONNX tensor {tensor.name!r} needs {expected} bytes; {name!r} holds {len(raw)} at "
+                f"offset {offset}."
+            )
+        tensor.raw_data = raw
+        tensor.data_location = TensorProto.DEFAULT
+        del tensor.external_data[:]
 
 
 def _all_tensors(graph: Any) -> list[Any]:

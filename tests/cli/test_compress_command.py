@@ -145,3 +145,30 @@ def test_compress_reads_data_by_file_and_http_uri(model_and_data: tuple[Path, Pa
         assert missing.returncode == 2 and "could not fetch" in missing.stderr
     finally:
         server.shutdown()
+
+
+def test_compress_reads_an_onnx_model_with_its_external_data(
+    model_and_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``torch.onnx.export`` writes the weights beside the model by default; the command reads them."""
+    import torch
+
+    model, data = model_and_data
+    onnx_path = tmp_path / "model.onnx"
+    program = torch.export.load(model)  # a test fixture of our own, not an upload
+    torch.onnx.export(program, (), str(onnx_path), dynamo=True, external_data=True)
+    assert (tmp_path / "model.onnx.data").is_file()
+    out = tmp_path / "small.pt2"
+    result = run_specprune(
+        "compress",
+        str(onnx_path),
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--flops-ratio",
+        "0.6",
+        "--no-latency",
+    )
+    assert result.returncode == 0, result.stderr
+    assert _fresh_load(out) > 0

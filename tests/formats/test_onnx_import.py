@@ -217,3 +217,40 @@ def test_symbolic_feature_dimensions_need_an_example(tmp_path: Path) -> None:
         _load(tmp_path, nodes, [x], initializers, opset=13)
     loaded = _load(tmp_path, nodes, [x], initializers, opset=13, example=torch.randn(2, 5, 8))
     assert loaded.input_shape == (None, None, 8)
+
+
+def _external_linear(tmp_path: Path, location: str) -> tuple[Path, np.ndarray]:
+    """``y = x @ w`` with ``w``'s bytes in the file ``location`` (relative to the model's directory)."""
+    w = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    weight = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4, 3])
+    weight.data_location = TensorProto.EXTERNAL
+    weight.external_data.add(key="location", value=location)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "model" / "model.onnx"
+    path.parent.mkdir()
+    path.write_bytes(model.SerializeToString())
+    (path.parent / location).write_bytes(w.tobytes())
+    return path, w
+
+
+def test_external_data_beside_a_local_model_is_read_when_asked(tmp_path: Path) -> None:
+    path, w = _external_linear(tmp_path, "model.onnx.data")
+    with pytest.raises(UnsupportedFormatError, match="external"):
+        load_model(path)  # the default (and the service): refused
+    loaded = load_model(path, external_data=True)
+    x = torch.randn(5, 4)
+    assert torch.allclose(loaded.program.module()(x), x @ torch.from_numpy(w), atol=1e-6)
+
+
+def test_external_data_outside_the_models_directory_is_refused(tmp_path: Path) -> None:
+    path, _ = _external_linear(tmp_path, "../weights.bin")
+    assert (tmp_path / "weights.bin").is_file()
+    with pytest.raises(UnsupportedFormatError, match="not a file beside the model"):
+        load_model(path, external_data=True)
