@@ -69,49 +69,58 @@ def run_one(
 
 
 def bench_model(
-    name: str, ratios: list[float], calib: torch.Tensor, evaluation: tuple, theta: float, ridge: float
+    name: str,
+    ratios: list[float],
+    calib: torch.Tensor,
+    evaluation: tuple,
+    theta: float,
+    ridge: float,
+    spectral_only: bool = False,
 ) -> list[dict]:
     model, _ = load_checkpoint(name)
     program = export(model, calib)
+    common = {"theta": theta, "ridge": ridge, "calibration_samples": len(calib)}
     rows = []
     for ratio in ratios:
-        spectral = run_one(
-            program, calib, evaluation, CompressionConfig(flops_ratio=ratio, theta=theta, ridge=ridge)
-        )
+        spectral = run_one(program, calib, evaluation, CompressionConfig(flops_ratio=ratio, **common))
         row: dict[str, Any] = {
             "model": name,
             "ratio": ratio,
             "original": spectral["original_top1"],
             "spectral": spectral,
         }
-        row["spectral_input_refit"] = (
-            run_one(  # the earlier re-fit: each consumer's input, channel by channel
-                program,
-                calib,
-                evaluation,
-                CompressionConfig(flops_ratio=ratio, theta=theta, ridge=ridge, refit="sequential"),
-            )
-        )
-        row["spectral_uniform_energy"] = (
-            run_one(  # the earlier default: one retained-energy level, streams whole
-                program,
-                calib,
-                evaluation,
-                CompressionConfig(
-                    flops_ratio=ratio, theta=theta, ridge=ridge, allocation="spectrum", residual="keep"
-                ),
-            )
-        )
-        for method in ("l1", "random"):
-            row[f"{method}_same_widths"] = run_one(
-                program, calib, evaluation, CompressionConfig(method=method, widths=spectral["widths"])
-            )
-            row[f"{method}_own"] = run_one(
-                program, calib, evaluation, CompressionConfig(method=method, flops_ratio=ratio)
-            )
+        if not spectral_only:
+            row |= _comparisons(program, calib, evaluation, ratio, spectral["widths"], common)
         rows.append(row)
         print(markdown_row(row), flush=True)
     return rows
+
+
+def _comparisons(
+    program: Any, calib: torch.Tensor, evaluation: tuple, ratio: float, widths: dict, common: dict
+) -> dict[str, Any]:
+    """The other columns: earlier spectral variants, and l1 / random at spectral's widths and their own."""
+    row = {
+        # the earlier re-fit: each consumer's input, channel by channel
+        "spectral_input_refit": run_one(
+            program, calib, evaluation, CompressionConfig(flops_ratio=ratio, refit="sequential", **common)
+        ),
+        # the earlier default: one retained-energy level, streams whole
+        "spectral_uniform_energy": run_one(
+            program,
+            calib,
+            evaluation,
+            CompressionConfig(flops_ratio=ratio, allocation="spectrum", residual="keep", **common),
+        ),
+    }
+    for method in ("l1", "random"):
+        row[f"{method}_same_widths"] = run_one(
+            program, calib, evaluation, CompressionConfig(method=method, widths=widths)
+        )
+        row[f"{method}_own"] = run_one(
+            program, calib, evaluation, CompressionConfig(method=method, flops_ratio=ratio)
+        )
+    return row
 
 
 HEADER = (
@@ -132,7 +141,7 @@ def markdown_row(row: dict[str, Any]) -> str:
         pct(row["spectral"]["top1"]),
     ]
     cells += [
-        pct(row[k]["top1"])
+        pct(row[k]["top1"] if k in row else None)
         for k in (
             "spectral_input_refit",
             "spectral_uniform_energy",
@@ -155,13 +164,16 @@ def main() -> None:
     parser.add_argument("--ridge", type=float, default=CompressionConfig().ridge)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument("--spectral-only", action="store_true", help="skip the comparison columns")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     calib, x_test, y_test = cifar_tensors(args.calibration, args.evaluation, args.seed)
     print(HEADER, flush=True)
     rows = []
     for name in args.models:
-        rows += bench_model(name, args.ratios, calib, (x_test, y_test), args.theta, args.ridge)
+        rows += bench_model(
+            name, args.ratios, calib, (x_test, y_test), args.theta, args.ridge, args.spectral_only
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
