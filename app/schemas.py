@@ -17,6 +17,7 @@ CORE_FIELDS = (
     "theta",
     "ridge",
     "refit",
+    "rectified_steps",
     "allocation",
     "residual",
     "calibration_samples",
@@ -68,6 +69,7 @@ class JobConfig(BaseModel):
     theta: float = Field(default=0.3, ge=0, le=1)
     ridge: float = Field(default=1e-5, gt=0, lt=1)
     refit: Literal["output", "sequential", "independent"] = "output"
+    rectified_steps: int = Field(default=2, ge=0, le=10)
     allocation: Literal["sensitivity", "spectrum"] = "sensitivity"
     residual: Literal["prune", "keep"] = "prune"
     calibration_samples: int = Field(default=1024, ge=1)

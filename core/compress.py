@@ -405,6 +405,7 @@ def _prune(
             config.ridge,
             lambda i, n: clock.report(i / n),
             output_level=config.refit == "output",
+            rectified_steps=config.rectified_steps,
         )
         gm.cpu()
     else:

@@ -41,6 +41,9 @@ class CompressionConfig:
       its input otherwise; ``sequential`` the same on every consumer's input (the cheaper earlier
       default); both take one partial forward pass per pruned group (resumed midway where possible).
       ``independent`` uses the original network's statistics only (one pass in all, the paper's form).
+    - ``rectified_steps``: with ``refit="output"``, majorisation steps that fit a layer a ReLU follows to
+      what the ReLU passes (a position the original zeroes needs only a non-positive pre-activation);
+      each costs one more partial pass per group; 0 fits the pre-activation itself (``core.output_fit``).
     - ``allocation``: how a FLOPs/params target is split across groups: ``sensitivity`` (local loss
       curves scaled by each group's measured output error, summed error minimised) or ``spectrum`` (one
       retained-energy level for all).
@@ -59,6 +62,7 @@ class CompressionConfig:
     theta: float = 0.3
     ridge: float = 1e-5
     refit: Refit = "output"
+    rectified_steps: int = 2
     allocation: Allocation = "sensitivity"
     residual: Residual = "prune"
     calibration_samples: int = 1024
@@ -97,6 +101,9 @@ class CompressionConfig:
             raise ConfigError(f"theta must be in [0, 1], got {self.theta}")
         if not (0.0 < self.ridge < 1.0):
             raise ConfigError(f"ridge must be in (0, 1), got {self.ridge}")
+        steps = self.rectified_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 10:
+            raise ConfigError(f"rectified_steps must be an integer in [0, 10], got {self.rectified_steps!r}")
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
         object.__setattr__(self, "recovery", config_from(self.recovery))  # type: ignore[arg-type]

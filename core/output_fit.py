@@ -13,6 +13,14 @@ Where the output passes only a BatchNorm (per-channel ``gamma_eff``) before it i
 (``bn(conv(x)) + shortcut``), the target also takes up that branch's present error,
 ``y* = y + (s - s') / gamma_eff``, so that the sum, not this branch alone, matches the original network.
 
+Where a ReLU or ReLU6 follows (``relu(bn(conv(x)) [+ shortcut])``), what the network sees is the clamped
+pre-activation ``clamp(z, lo, hi)``, and a position the original clamps (``z <= lo``) needs only
+``z' <= lo`` (likewise at ``hi``). ``rectified_steps`` majorisation steps minimise
+``||clamp(z') - clamp(z)||^2`` instead of ``||z' - z||^2``: at the present fit ``z'_0``, the target
+pre-activation becomes ``min(z'_0, lo)`` wherever ``z <= lo``, ``max(z'_0, hi)`` wherever ``z >= hi`` and
+``z`` elsewhere, a quadratic upper bound that touches the loss at ``z'_0``. ``G`` is unchanged, so each
+step costs one more pass that accumulates ``C``'s correction, and one solve.
+
 Rows are a seeded sample of output positions, at most ``max_rows(F)``, which bounds the cost at rows x F^2.
 """
 
@@ -85,26 +93,70 @@ def _value(module: fx.GraphModule, arg: object) -> torch.Tensor | None:
     return None if value is None else value.detach().double()
 
 
+@dataclass(frozen=True)
+class Rectifier:
+    """The input of the ReLU (ReLU6) the layer's output flows into (``z``, after any BatchNorm and
+    addition), the per-channel factor ``gamma_eff`` between the layer's output and ``z``, and the
+    clamp's bounds."""
+
+    node: str
+    scale: torch.Tensor
+    low: float = 0.0
+    high: float = math.inf
+
+
+def _clamp_bounds(node: fx.Node) -> tuple[float, float] | None:
+    """``(lo, hi)`` of a ReLU or hardtanh (ReLU6) node: what it passes unchanged; None for anything else."""
+    if node.target in (ops.aten.relu.default, ops.aten.relu_.default):
+        return 0.0, math.inf
+    if node.target in (ops.aten.hardtanh.default, ops.aten.hardtanh_.default) and not node.kwargs:
+        low, high = (list(node.args[1:]) + [-1.0, 1.0][len(node.args) - 1 :])[:2]
+        if isinstance(low, int | float) and isinstance(high, int | float) and low < high:
+            return float(low), float(high)
+    return None
+
+
+def _through_batch_norm(
+    node: fx.Node, module: fx.GraphModule, channels: int
+) -> tuple[fx.Node, torch.Tensor] | None:
+    """Where ``node``'s value goes past an inference BatchNorm it alone feeds, and the per-channel factor
+    ``gamma_eff = gamma / sqrt(var + eps)`` in between (``node`` itself and 1 where there is none)."""
+    users = list(node.users)
+    if len(users) != 1 or users[0].target not in ops.BATCH_NORM:
+        return node, torch.ones(channels, dtype=torch.float64)
+    bn = users[0]
+    gamma, var = _value(module, bn.args[1]), _value(module, bn.args[4])
+    eps = bn.args[7] if bn.target is ops.aten.batch_norm.default else bn.args[6]
+    if var is None or not isinstance(eps, float):
+        return None
+    scale = (1.0 if gamma is None else gamma) / torch.sqrt(var + eps)  # gamma_eff = gamma / sqrt(var + eps)
+    if bn.target is ops.aten.batch_norm.default:
+        return bn, scale
+    out = list(bn.users)  # (out, mean, invstd): follow getitem 0
+    if len(out) != 1 or out[0].target is not operator.getitem or out[0].args[1] != 0:
+        return None
+    return out[0], scale
+
+
+def _sole_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _safe(scale: torch.Tensor) -> torch.Tensor:
+    """``scale`` with (near-)zero factors as infinity: dividing by it then zeroes those channels."""
+    return torch.where(scale.abs() < 1e-8, torch.inf, scale)
+
+
 def _addend(
     node: fx.Node, module: fx.GraphModule, shapes: dict[str, tuple[int, ...]], axis: int, channels: int
 ) -> Addend | None:
     """``node -> [BatchNorm] -> add(., other)``: the other addend and the factor in between."""
-    scale, at = torch.ones(channels, dtype=torch.float64), node
-    users = list(at.users)
-    if len(users) == 1 and users[0].target in ops.BATCH_NORM:
-        bn = users[0]
-        gamma, var = _value(module, bn.args[1]), _value(module, bn.args[4])
-        eps = bn.args[7] if bn.target is ops.aten.batch_norm.default else bn.args[6]
-        if var is None or not isinstance(eps, float):
-            return None
-        # gamma_eff = gamma / sqrt(var + eps)
-        scale = (1.0 if gamma is None else gamma) / torch.sqrt(var + eps)
-        at, users = bn, list(bn.users)
-        if bn.target is not ops.aten.batch_norm.default:  # (out, mean, invstd): follow getitem 0
-            if len(users) != 1 or users[0].target is not operator.getitem or users[0].args[1] != 0:
-                return None
-            at, users = users[0], list(users[0].users)
-    add = users[0] if len(users) == 1 else None
+    found = _through_batch_norm(node, module, channels)
+    if found is None:
+        return None
+    at, scale = found
+    add = _sole_user(at)
     if add is None or add.target is not ops.aten.add.Tensor or len(add.args) != 2 or add.kwargs:
         return None
     other = add.args[1] if add.args[0] is at else add.args[0]
@@ -112,7 +164,27 @@ def _addend(
         return None
     if axis != 1 and scale.numel() and not torch.all(scale == 1):
         return None
-    return Addend(other.name, torch.where(scale.abs() < 1e-8, torch.inf, scale))
+    return Addend(other.name, _safe(scale))
+
+
+def _rectifier(
+    node: fx.Node, module: fx.GraphModule, shapes: dict[str, tuple[int, ...]], axis: int, channels: int
+) -> Rectifier | None:
+    """``node -> [BatchNorm] -> [add(., other)] -> relu | hardtanh``: the clamp's input and bounds, and the
+    factor before it."""
+    found = _through_batch_norm(node, module, channels)
+    if found is None:
+        return None
+    at, scale = found
+    user = _sole_user(at)
+    if user is not None and user.target is ops.aten.add.Tensor and len(user.args) == 2 and not user.kwargs:
+        at, user = user, _sole_user(user)
+    bounds = None if user is None else _clamp_bounds(user)
+    if bounds is None or shapes.get(at.name) != shapes.get(node.name):
+        return None
+    if axis != 1 and scale.numel() and not torch.all(scale == 1):
+        return None
+    return Rectifier(at.name, _safe(scale), *bounds)
 
 
 def _columns(layout: Layout, g: ChannelGroup, kept: Kept, done: dict[int, int]) -> torch.Tensor:
@@ -151,16 +223,24 @@ def chunk(x: torch.Tensor, geometry: ConvGeometry | None) -> int:
     return max(1, CHUNK // max(per_sample, 1))
 
 
+def _im2col(x: torch.Tensor, g: ConvGeometry) -> torch.Tensor:
+    """(n L, F) patches of ``x`` as rows, F ordered (channel, kh, kw) as the weight: one strided view of
+    the padded input and one copy (``unfold`` then a transpose would copy twice)."""
+    (ph, pw), (sh, sw), (dh, dw), (kh, kw) = g.padding, g.stride, g.dilation, g.kernel
+    xp = F.pad(x, (pw, pw, ph, ph))
+    n, c, h, w = xp.shape
+    ho, wo = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    at_n, at_c, at_h, at_w = xp.stride()
+    view = xp.as_strided((n, ho, wo, c, kh, kw), (at_n, at_h * sh, at_w * sw, at_c, at_h * dh, at_w * dw))
+    return view.reshape(-1, c * kh * kw)
+
+
 def patches(x: torch.Tensor, geometry: ConvGeometry | None, step: int) -> Iterator[torch.Tensor]:
     """The layer's input as (rows, F) float64 predictors, ``step`` samples at a time: im2col patches for
     a convolution, the input rows for a linear layer."""
     for i in range(0, x.shape[0], step):
-        if geometry is None:
-            yield x[i : i + step].reshape(-1, x.shape[-1]).double()
-            continue
-        g = geometry
-        u = F.unfold(x[i : i + step].double(), g.kernel, g.dilation, g.padding, g.stride)  # (n, F, L)
-        yield u.transpose(1, 2).reshape(-1, u.shape[1])  # (n L, F), F ordered (channel, kh, kw) as W
+        part = x[i : i + step].double()
+        yield part.reshape(-1, x.shape[-1]) if geometry is None else _im2col(part, geometry)
 
 
 def targets(y: torch.Tensor, geometry: ConvGeometry | None, step: int) -> Iterator[torch.Tensor]:
@@ -176,7 +256,8 @@ def targets(y: torch.Tensor, geometry: ConvGeometry | None, step: int) -> Iterat
 
 @dataclass
 class OutputFit:
-    """Accumulates ``G = sum u' u'^T`` and ``C = sum u' y*^T`` for one layer, then solves for ``W'``."""
+    """Accumulates ``G = sum u' u'^T`` and ``C = sum u' y*^T`` for one layer, then solves for ``W'``;
+    with a ``rectifier``, majorisation steps add ``C``'s correction ``D`` (module docstring)."""
 
     consumer: Consumer
     columns: torch.Tensor  # input columns kept, indices into the present input
@@ -184,11 +265,14 @@ class OutputFit:
     geometry: ConvGeometry | None  # None: a linear layer
     bias: torch.Tensor | None  # the original bias, over ``rows``
     addend: Addend | None
+    rectifier: Rectifier | None
     keep_fraction: float
     ridge: float
     generator: torch.Generator = field(default_factory=lambda: torch.Generator().manual_seed(0))
     gram: torch.Tensor | None = None
     cross: torch.Tensor | None = None
+    correction: torch.Tensor | None = None  # D = sum u' (y' - y*)^T, from the last majorisation pass
+    present: torch.Tensor | None = None  # the fit the running majorisation pass starts from, (F, out)
 
     @property
     def features(self) -> int:
@@ -196,14 +280,17 @@ class OutputFit:
         return len(self.columns) * k[0] * k[1]
 
     def nodes(self) -> set[str]:
-        """Nodes to capture in both networks: the layer's input and output, and the addend."""
-        return {self.consumer.observed, self.consumer.node} | ({self.addend.node} if self.addend else set())
+        """Nodes to capture in both networks: the layer's input and output, the addend, the ReLU's input."""
+        extra = {a.node for a in (self.addend, self.rectifier) if a is not None}
+        return {self.consumer.observed, self.consumer.node} | extra
 
-    def add(self, pruned: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
-        x = pruned[self.consumer.observed]
-        axis = 1 if self.geometry else x.dim() - 1
-        x = x.index_select(axis, self.columns.to(x.device))
-        rows = self.rows.to(x.device)
+    def _axis(self, x: torch.Tensor) -> int:
+        return 1 if self.geometry else x.dim() - 1
+
+    def _target(self, pruned: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``y*``: the original output without its bias, plus the addend's gap where there is one."""
+        axis = self._axis(pruned[self.consumer.observed])
+        rows = self.rows.to(original[self.consumer.node].device)
         y = original[self.consumer.node].index_select(axis, rows).double()
         if self.bias is not None:
             y = y - self.bias.to(y.device).reshape([-1] + [1] * (y.dim() - 1 - axis))
@@ -212,20 +299,63 @@ class OutputFit:
             scale = self.addend.scale[self.rows].to(y.device)
             gap = (s - pruned[self.addend.node].double()).movedim(axis, -1) / scale
             y = y + torch.nan_to_num(gap, posinf=0.0, neginf=0.0).movedim(-1, axis)
+        return y
+
+    def _pairs(
+        self, pruned: dict[str, torch.Tensor], original: dict[str, torch.Tensor], *extra: torch.Tensor
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        """Sampled rows ``(u', y*, *extra)`` of one batch, the same rows on every pass over the data."""
+        x = pruned[self.consumer.observed]
+        x = x.index_select(self._axis(x), self.columns.to(x.device))
         step = chunk(x, self.geometry)
-        for u, t in zip(patches(x, self.geometry, step), targets(y, self.geometry, step), strict=True):
+        streams = [targets(t, self.geometry, step) for t in (self._target(pruned, original), *extra)]
+        for u, *ts in zip(patches(x, self.geometry, step), *streams, strict=True):
             if self.keep_fraction < 1.0:
                 keep = (torch.rand(u.shape[0], generator=self.generator) < self.keep_fraction).to(u.device)
-                u, t = u[keep], t[keep]
+                u, ts = u[keep], [t[keep] for t in ts]
+            yield u, *ts
+
+    def add(self, pruned: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
+        for u, t in self._pairs(pruned, original):
             gram, cross = u.T @ u, u.T @ t  # sum u'u'^T, sum u' y*^T
             self.gram = gram if self.gram is None else self.gram + gram
             self.cross = cross if self.cross is None else self.cross + cross
 
-    def weight(self) -> torch.Tensor:
-        """``W' = C^T (G + tau I)^-1`` with ``tau = ridge tr(G) / F``, shaped as the layer's weight."""
+    def begin_step(self) -> None:
+        """Start a majorisation pass from the present fit."""
+        self.present = self._solve()
+        self.correction = torch.zeros_like(self.present)
+        self.generator.manual_seed(0)
+
+    def majorise(self, pruned: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
+        """Accumulate ``D`` over one batch: where the original's clamp input ``z <= lo`` the target
+        pre-activation is ``min(z'_0, lo)`` instead of ``z`` (``max(z'_0, hi)`` where ``z >= hi``), i.e.
+        ``y*`` moves by ``(target - z) / gamma_eff``, with ``z'_0 = z + gamma_eff (u' W_0^T - y*)`` the
+        present fit's pre-activation."""
+        r = self.rectifier
+        assert r is not None and self.present is not None and self.correction is not None
+        axis = self._axis(pruned[self.consumer.observed])
+        rows = self.rows.to(self.present.device)
+        z = original[r.node].index_select(axis, rows).double()
+        scale = r.scale[self.rows].to(z.device)
+        for u, t, zt in self._pairs(pruned, original, z):
+            fit = zt + scale * (u @ self.present - t)  # z'_0 = z + gamma_eff (u' W_0^T - y*)
+            target = torch.where(
+                zt <= r.low, fit.clamp(max=r.low), torch.where(zt >= r.high, fit.clamp(min=r.high), zt)
+            )
+            moved = torch.nan_to_num((target - zt) / scale, nan=0.0, posinf=0.0, neginf=0.0)
+            self.correction += u.T @ moved  # D = sum u' (y' - y*)^T
+
+    def _solve(self) -> torch.Tensor:
+        """``(G + tau I)^-1 (C + D)`` with ``tau = ridge tr(G) / F``: ``W'^T``, (F, out)."""
         assert self.gram is not None and self.cross is not None, "no calibration data reached the layer"
         tau = self.ridge * float(torch.trace(self.gram)) / self.gram.shape[0]
-        w = ridge_solve(self.gram, self.cross, tau).T  # (out, F)
+        rhs = self.cross if self.correction is None else self.cross + self.correction
+        return ridge_solve(self.gram, rhs, tau)
+
+    def weight(self) -> torch.Tensor:
+        """``W'``, shaped as the layer's weight."""
+        w = self._solve().T  # (out, F)
         if self.geometry is None:
             return w
         return w.reshape(w.shape[0], len(self.columns), *self.geometry.kernel)
@@ -267,10 +397,12 @@ def plan(
     done: dict[int, int],
     ridge: float,
     samples: int,
+    rectified: bool = True,
 ) -> OutputFit | None:
     """An output-level fit for consumer ``c`` of ``g`` in the sequential re-fit, or None where the
     channel re-fit must do: see ``_layer``; more than ``MAX_FEATURES`` predictors; fewer than
-    ``ROWS_PER_FEATURE`` output positions per predictor in the calibration set."""
+    ``ROWS_PER_FEATURE`` output positions per predictor in the calibration set. ``rectified``: look for
+    a ReLU after the layer (``OutputFit.rectifier``)."""
     layer = _layer(work, analysis, c, g)
     columns = _columns(c.layout, g, kept, done)
     out = original.get_parameter(c.weight).shape[0]
@@ -281,13 +413,15 @@ def plan(
         return None
     compute = next(cn for cn in analysis.compute if cn.node == c.node)
     rows = _rows(compute.outputs, kept, done, out)
+    axis = 1 if layer.geometry else len(shape) - 1
     return OutputFit(
         c,
         columns,
         rows,
         layer.geometry,
         None if (b := _value(original, layer.bias)) is None else b[rows],
-        _addend(layer.node, original, analysis.shapes, 1 if layer.geometry else len(shape) - 1, out),
+        _addend(layer.node, original, analysis.shapes, axis, out),
+        _rectifier(layer.node, original, analysis.shapes, axis, out) if rectified else None,
         min(1.0, max_rows(features) / max(positions, 1)),
         ridge,
     )

@@ -79,6 +79,25 @@ def _cross_fit(
     return maps
 
 
+def _majorise(
+    cursors: tuple[Cursor, Cursor],
+    starts: list[int],
+    batches: list[tuple[torch.Tensor, ...]],
+    fits: list[OutputFit],
+    steps: int,
+) -> None:
+    """``steps`` majorisation passes for the ``fits`` a ReLU follows (``core.output_fit``)."""
+    rectified = [f for f in fits if f.rectifier is not None]
+    names = set().union(*(f.nodes() for f in rectified))
+    for _ in range(steps if rectified else 0):
+        for f in rectified:
+            f.begin_step()
+        for i, batch in enumerate(batches):
+            before, after = (c.values(i, batch, names, at) for c, at in zip(cursors, starts, strict=True))
+            for f in rectified:
+                f.majorise(after, before)
+
+
 def sequential_refit(
     work: fx.GraphModule,
     original: fx.GraphModule,
@@ -89,22 +108,28 @@ def sequential_refit(
     ridge: float,
     on_group: Callable[[int, int], None] | None = None,
     output_level: bool = True,
+    rectified_steps: int = 0,
 ) -> None:
     """Rewrite ``work`` (a copy of ``original``) group by group, re-fitting consumers as it goes: on
-    their output where ``core.output_fit`` applies and ``output_level``, else on their input."""
+    their output where ``core.output_fit`` applies and ``output_level`` (with ``rectified_steps``
+    majorisation passes where a ReLU follows), else on their input."""
     done: dict[int, int] = {}
     ordered = [g for g in sorted(groups, key=lambda g: g.position) if any(s in kept for s in g.spaces)]
     samples = sum(b[0].shape[0] for b in batches)
     cursors = Cursor(original, len(batches), CACHE_BYTES), Cursor(work, len(batches), CACHE_BYTES)
     for i, g in enumerate(ordered):
         starts = [first_change(c.gm, *analysis.rewritten_by(g)) for c in cursors]
-        planned = (plan(work, original, analysis, c, g, kept, done, ridge, samples) for c in g.consumers)
+        planned = (
+            plan(work, original, analysis, c, g, kept, done, ridge, samples, rectified_steps > 0)
+            for c in g.consumers
+        )
         fits = [f for f in planned if f is not None] if output_level else []
         direct = {f.consumer.node for f in fits}
         by_channel = [c for c in g.consumers if c.node not in direct]
         maps = _cross_fit(
             cursors, starts, _observed(analysis, by_channel), g, kept, done, batches, ridge, fits
         )
+        _majorise(cursors, starts, batches, fits, rectified_steps)
         refits: Refits = {}
         for c in by_channel:
             for s in set(g.spaces) & c.layout.spaces:

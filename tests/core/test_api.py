@@ -41,6 +41,9 @@ def vgg() -> tuple[torch.export.ExportedProgram, torch.Tensor]:
         {"device": "tpu"},
         {"calibration_samples": 0},
         {"widths": {"features.0": 0}},
+        {"rectified_steps": -1},
+        {"rectified_steps": 1.5},
+        {"rectified_steps": True},
     ],
 )
 def test_invalid_configs_are_refused(kwargs: dict) -> None:

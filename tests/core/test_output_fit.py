@@ -101,3 +101,78 @@ def test_a_branch_added_to_a_shortcut_is_planned_with_that_addend() -> None:
     assert first is not None and first.addend is None
     # the head sees one row per sample: 64 rows for 16 predictors are too few, the channel re-fit does
     assert fit_for("fc.weight") is None
+
+
+def test_a_fit_a_relu_follows_is_planned_with_that_relu_input() -> None:
+    torch.manual_seed(0)
+    model = models.randomize_bn(models.ResNetLike())
+    x = torch.randn(4, 3, 16, 16)
+    gm = models.export(model, x).module()
+    analysis = analyse(gm, (x[:2],))
+    by_node = {c.weight: (c, g) for g in analysis.prunable for c in g.consumers}
+
+    def fit_for(weight: str, rectified: bool = True) -> output_fit.OutputFit | None:
+        c, g = by_node[weight]
+        kept = {s: torch.arange(0, g.size, 2) for s in g.spaces}
+        return plan(gm, gm, analysis, c, g, kept, {}, 1e-5, 64, rectified)
+
+    def gamma_eff(bn: nn.BatchNorm2d) -> torch.Tensor:
+        return bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+
+    users = {n.name: [u.target for u in n.users] for n in gm.graph.nodes}
+    inner = fit_for("layers.0.conv2.weight")  # conv2 -> bn2 -> add(., stem) -> relu
+    assert inner is not None and inner.rectifier is not None and inner.addend is not None
+    assert torch.allclose(inner.rectifier.scale, gamma_eff(model.layers[0].bn2))
+    assert users[inner.rectifier.node] == [torch.ops.aten.relu.default]
+    first = fit_for("layers.0.conv1.weight")  # conv1 -> bn1 -> relu
+    assert first is not None and first.rectifier is not None
+    assert torch.allclose(first.rectifier.scale, gamma_eff(model.layers[0].bn1))
+    assert users[first.rectifier.node] == [torch.ops.aten.relu.default]
+    assert fit_for("layers.0.conv1.weight", rectified=False).rectifier is None  # type: ignore[union-attr]
+
+
+class _Rectified(nn.Module):
+    def __init__(self, activation: nn.Module) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.bn(self.conv2(torch.relu(self.conv1(x)))))
+
+
+def test_a_relu6_is_planned_with_its_bounds() -> None:
+    net = _Rectified(nn.ReLU6()).eval()
+    x = torch.randn(4, 3, 8, 8)
+    gm = models.export(net, x).module()
+    analysis = analyse(gm, (x[:2],))
+    (g,) = [g for g in analysis.prunable if any(c.weight == "conv2.weight" for c in g.consumers)]
+    c = next(c for c in g.consumers if c.weight == "conv2.weight")
+    fit = plan(gm, gm, analysis, c, g, {s: torch.arange(4) for s in g.spaces}, {}, 1e-5, 64)
+    assert fit is not None and fit.rectifier is not None
+    assert (fit.rectifier.low, fit.rectifier.high) == (0.0, 6.0)
+
+
+@pytest.mark.parametrize(
+    ("activation", "shift"),
+    [(nn.ReLU(), -0.5), (nn.Hardtanh(-0.1, 0.1), 0.0)],  # ~10% positive; both bounds hit often
+)
+def test_majorisation_lowers_the_error_after_the_clamp(activation: nn.Module, shift: float) -> None:
+    torch.manual_seed(0)
+    net = models.randomize_bn(_Rectified(activation)).eval()
+    with torch.no_grad():
+        net.bn.bias.add_(shift)
+    x = torch.randn(128, 3, 8, 8)
+    program = models.export(net, x[:4])
+    with torch.no_grad():
+        y0 = net(x)
+    errors = {}
+    for steps in (0, 1, 3):
+        config = CompressionConfig(widths={"conv1": 6}, rectified_steps=steps)
+        result = compress(program, x, config, measure_latency=False)
+        with torch.no_grad():
+            errors[steps] = float((result.program.module()(x) - y0).norm() / y0.norm())
+    # each step minimises a quadratic bound that touches ||clamp(z') - clamp(z)||^2 at the present fit
+    assert errors[3] < errors[1] < 0.99 * errors[0], errors

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from app.config import Settings
 from app.schemas import JobConfig, summarise_report
+from core import CompressionConfig
 
 
 def test_defaults_are_the_embedded_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,14 +86,17 @@ def test_job_config_defaults_and_core_conversion() -> None:
     assert core.method == "l1" and core.widths == {"conv1": 3} and core.flops_ratio is None
     assert core.width_rule == "widths" and core.seed == 3
     assert "output_format" not in JobConfig().core_dict()
-    every_core_field = JobConfig(refit="independent", allocation="spectrum", residual="keep").to_core()
-    assert (every_core_field.refit, every_core_field.allocation, every_core_field.residual) == (
-        "independent",
-        "spectrum",
-        "keep",
-    )
+    every_core_field = JobConfig(
+        refit="independent", rectified_steps=0, allocation="spectrum", residual="keep"
+    ).to_core()
+    assert (
+        every_core_field.refit,
+        every_core_field.rectified_steps,
+        every_core_field.allocation,
+        every_core_field.residual,
+    ) == ("independent", 0, "spectrum", "keep")
     defaults = JobConfig().to_core()
-    assert (defaults.refit, defaults.allocation, defaults.residual) == ("output", "sensitivity", "prune")
+    assert defaults == CompressionConfig(), "the API's defaults are core's"
 
 
 @pytest.mark.parametrize(
@@ -108,6 +112,8 @@ def test_job_config_defaults_and_core_conversion() -> None:
         {"widths": {}},
         {"allocation": "uniform"},
         {"residual": "drop"},
+        {"rectified_steps": -1},
+        {"rectified_steps": 11},
         {"version": 1},
     ],
 )
