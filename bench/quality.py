@@ -73,13 +73,13 @@ def bench_model(
     ratios: list[float],
     calib: torch.Tensor,
     evaluation: tuple,
-    theta: float,
-    ridge: float,
+    settings: dict[str, Any],
     spectral_only: bool = False,
 ) -> list[dict]:
+    """One table row per ratio; ``settings``: config keys every spectral run shares (theta, ...)."""
     model, _ = load_checkpoint(name)
     program = export(model, calib)
-    common = {"theta": theta, "ridge": ridge, "calibration_samples": len(calib)}
+    common = settings | {"calibration_samples": len(calib)}
     rows = []
     for ratio in ratios:
         spectral = run_one(program, calib, evaluation, CompressionConfig(flops_ratio=ratio, **common))
@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--eval", type=int, default=10000, dest="evaluation")
     parser.add_argument("--theta", type=float, default=CompressionConfig().theta)
     parser.add_argument("--ridge", type=float, default=CompressionConfig().ridge)
+    parser.add_argument("--rectified-steps", type=int, default=CompressionConfig().rectified_steps)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
     parser.add_argument("--spectral-only", action="store_true", help="skip the comparison columns")
@@ -169,11 +170,10 @@ def main() -> None:
     torch.manual_seed(args.seed)
     calib, x_test, y_test = cifar_tensors(args.calibration, args.evaluation, args.seed)
     print(HEADER, flush=True)
+    settings = {"theta": args.theta, "ridge": args.ridge, "rectified_steps": args.rectified_steps}
     rows = []
     for name in args.models:
-        rows += bench_model(
-            name, args.ratios, calib, (x_test, y_test), args.theta, args.ridge, args.spectral_only
-        )
+        rows += bench_model(name, args.ratios, calib, (x_test, y_test), settings, args.spectral_only)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
