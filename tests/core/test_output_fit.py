@@ -1,5 +1,6 @@
 """Output-level re-fit: patches line up with the convolution, a shifted channel is recovered exactly,
-and a branch added to a shortcut knows the addend whose error its target takes up."""
+a branch added to a shortcut knows the addend whose error its target takes up, and a layer a ReLU follows
+is fitted to what the ReLU passes."""
 
 from __future__ import annotations
 
@@ -77,39 +78,14 @@ def test_a_fit_samples_rows_within_its_budget_and_stays_exact(monkeypatch: pytes
     assert float((y1 - y0).norm() / y0.norm()) < 1e-5
 
 
-def test_a_branch_added_to_a_shortcut_is_planned_with_that_addend() -> None:
+def test_a_fit_is_planned_with_the_addend_and_the_relu_after_its_layer() -> None:
     torch.manual_seed(0)
     model = models.randomize_bn(models.ResNetLike())
     x = torch.randn(4, 3, 16, 16)
     gm = models.export(model, x).module()
     analysis = analyse(gm, (x[:2],))
     by_node = {c.weight: (c, g) for g in analysis.prunable for c in g.consumers}
-    samples = 64
-
-    def fit_for(weight: str) -> output_fit.OutputFit | None:
-        c, g = by_node[weight]
-        kept = {s: torch.arange(0, g.size, 2) for s in g.spaces}
-        return plan(gm, gm, analysis, c, g, kept, {}, 1e-5, samples)
-
-    inner = fit_for("layers.0.conv2.weight")  # conv2 -> bn2 -> add(., stem) -> relu
-    assert inner is not None and inner.addend is not None
-    bn = model.layers[0].bn2
-    gamma_eff = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    assert torch.allclose(inner.addend.scale, gamma_eff)
-    assert inner.features == 8 * 9 and inner.keep_fraction == 1.0
-    first = fit_for("layers.0.conv1.weight")  # conv1 -> bn1 -> relu: no addition to take up
-    assert first is not None and first.addend is None
-    # the head sees one row per sample: 64 rows for 16 predictors are too few, the channel re-fit does
-    assert fit_for("fc.weight") is None
-
-
-def test_a_fit_a_relu_follows_is_planned_with_that_relu_input() -> None:
-    torch.manual_seed(0)
-    model = models.randomize_bn(models.ResNetLike())
-    x = torch.randn(4, 3, 16, 16)
-    gm = models.export(model, x).module()
-    analysis = analyse(gm, (x[:2],))
-    by_node = {c.weight: (c, g) for g in analysis.prunable for c in g.consumers}
+    users = {n.name: [u.target for u in n.users] for n in gm.graph.nodes}
 
     def fit_for(weight: str, rectified: bool = True) -> output_fit.OutputFit | None:
         c, g = by_node[weight]
@@ -119,16 +95,19 @@ def test_a_fit_a_relu_follows_is_planned_with_that_relu_input() -> None:
     def gamma_eff(bn: nn.BatchNorm2d) -> torch.Tensor:
         return bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
 
-    users = {n.name: [u.target for u in n.users] for n in gm.graph.nodes}
     inner = fit_for("layers.0.conv2.weight")  # conv2 -> bn2 -> add(., stem) -> relu
-    assert inner is not None and inner.rectifier is not None and inner.addend is not None
+    assert inner is not None and inner.addend is not None and inner.rectifier is not None
+    assert torch.allclose(inner.addend.scale, gamma_eff(model.layers[0].bn2))
     assert torch.allclose(inner.rectifier.scale, gamma_eff(model.layers[0].bn2))
-    assert users[inner.rectifier.node] == [torch.ops.aten.relu.default]
-    first = fit_for("layers.0.conv1.weight")  # conv1 -> bn1 -> relu
-    assert first is not None and first.rectifier is not None
+    assert users[inner.rectifier.node] == [torch.ops.aten.relu.default]  # the sum, not bn2's output
+    assert inner.features == 8 * 9 and inner.keep_fraction == 1.0
+    first = fit_for("layers.0.conv1.weight")  # conv1 -> bn1 -> relu: no addition to take up
+    assert first is not None and first.addend is None and first.rectifier is not None
     assert torch.allclose(first.rectifier.scale, gamma_eff(model.layers[0].bn1))
     assert users[first.rectifier.node] == [torch.ops.aten.relu.default]
     assert fit_for("layers.0.conv1.weight", rectified=False).rectifier is None  # type: ignore[union-attr]
+    # the head sees one row per sample: 64 rows for 16 predictors are too few, the channel re-fit does
+    assert fit_for("fc.weight") is None
 
 
 class _Rectified(nn.Module):
