@@ -178,6 +178,13 @@ def _rectifier(
     at, scale = found
     user = _sole_user(at)
     if user is not None and user.target is ops.aten.add.Tensor and len(user.args) == 2 and not user.kwargs:
+        other = user.args[1] if user.args[0] is at else user.args[0]
+        if (
+            isinstance(other, fx.Node)
+            and other.op != "get_attr"
+            and shapes.get(other.name) != shapes.get(node.name)
+        ):
+            return None  # a broadcast addend's error is not in the target (``_addend``): z'_0 unknown
         at, user = user, _sole_user(user)
     bounds = None if user is None else _clamp_bounds(user)
     if bounds is None or shapes.get(at.name) != shapes.get(node.name):

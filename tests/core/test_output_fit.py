@@ -155,3 +155,29 @@ def test_majorisation_lowers_the_error_after_the_clamp(activation: nn.Module, sh
             errors[steps] = float((result.program.module()(x) - y0).norm() / y0.norm())
     # each step minimises a quadratic bound that touches ||clamp(z') - clamp(z)||^2 at the present fit
     assert errors[3] < errors[1] < 0.99 * errors[0], errors
+
+
+class _BroadcastAdd(nn.Module):
+    """``relu(bn(conv2(.)) + g)`` with ``g`` a per-sample, per-channel (N, C, 1, 1) term."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.gate = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))
+        return torch.relu(self.bn(self.conv2(h)) + self.gate(h.mean((2, 3), keepdim=True)))
+
+
+def test_a_broadcast_addend_before_the_relu_leaves_the_fit_unrectified() -> None:
+    x = torch.randn(4, 3, 8, 8)
+    gm = models.export(_BroadcastAdd().eval(), x).module()
+    analysis = analyse(gm, (x[:2],))
+    (g,) = [g for g in analysis.prunable if any(c.weight == "conv2.weight" for c in g.consumers)]
+    c = next(c for c in g.consumers if c.weight == "conv2.weight")
+    fit = plan(gm, gm, analysis, c, g, {s: torch.arange(4) for s in g.spaces}, {}, 1e-5, 64)
+    # the gate's error is not in the target, so the pruned pre-activation is not known from the fit
+    assert fit is not None and fit.addend is None and fit.rectifier is None
