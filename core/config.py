@@ -36,14 +36,16 @@ class CompressionConfig:
     - ``theta``: weight of the input-aware loss L_A against the output-aware loss L_B (0.3; the sweep
       in BENCHMARKS.md, section 2, finds no value better beyond the calibration draw's variability).
     - ``ridge``: tau = ridge * tr(S) / m, the ridge that keeps S_JJ invertible (dead ReLU units).
-    - ``refit``: ``output`` re-fits each consumer to the already-pruned network upstream, on its output
-      from whole input patches where it is a 2-D convolution or linear layer (``core.output_fit``), on
-      its input otherwise; ``sequential`` the same on every consumer's input (the cheaper earlier
-      default); both take one partial forward pass per pruned group (resumed midway where possible).
+    - ``refit``: ``output`` re-fits each consumer, in topological order, to the final pruned network
+      upstream (``core.sequential``), on its output from whole input patches where it is a 2-D
+      convolution or linear layer (``core.output_fit``), on its input otherwise; ``sequential`` the same
+      on every consumer's input (the cheaper earlier default); both take one partial forward pass per
+      re-fit step (resumed midway where possible).
       ``independent`` uses the original network's statistics only (one pass in all, the paper's form).
     - ``rectified_steps``: with ``refit="output"``, majorisation steps that fit a layer a ReLU follows to
       what the ReLU passes (a position the original zeroes needs only a non-positive pre-activation);
-      each costs one more partial pass per group; 0 fits the pre-activation itself (``core.output_fit``).
+      each costs one more partial pass per re-fit step; 0 fits the pre-activation itself
+      (``core.output_fit``).
     - ``allocation``: how a FLOPs/params target is split across groups: ``sensitivity`` (local loss
       curves scaled by each group's measured output error, summed error minimised) or ``spectrum`` (one
       retained-energy level for all).

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from torch import fx
 
 from core import ops
-from core.graph import ChannelGroup, Consumer, GraphAnalysis
-from core.layout import FIXED, Layout
+from core.graph import Consumer, GraphAnalysis
+from core.layout import Layout
 from core.reconstruct import Kept
 from core.selection import ridge_solve
 
@@ -194,25 +194,13 @@ def _rectifier(
     return Rectifier(at.name, _safe(scale), *bounds)
 
 
-def _columns(layout: Layout, g: ChannelGroup, kept: Kept, done: dict[int, int]) -> torch.Tensor:
-    """Input columns of the layer once ``g`` keeps ``kept``, as indices into its present input."""
-    cols = []
-    for seg, offset in layout.offsets(done):
-        if seg.space in g.spaces and seg.space in kept:
-            chans = kept[seg.space]
-        else:
-            chans = torch.arange(seg.length if seg.space == FIXED else done.get(seg.space, seg.length))
-        cols.append(offset + (chans[:, None] * seg.block + torch.arange(seg.block)).flatten())
-    return torch.cat(cols)
-
-
-def _rows(layout: Layout | None, kept: Kept, done: dict[int, int], channels: int) -> torch.Tensor:
-    """The layer's present output channels, as indices into the original layer's outputs."""
+def _rows(layout: Layout | None, kept: Kept, channels: int) -> torch.Tensor:
+    """The layer's output channels once narrowed, as indices into the original layer's outputs."""
     if layout is None:
         return torch.arange(channels)
     rows = []
     for seg, offset in layout.offsets():
-        chans = kept[seg.space] if seg.space in done else torch.arange(seg.length)
+        chans = kept.get(seg.space, torch.arange(seg.length))
         rows.append(offset + (chans[:, None] * seg.block + torch.arange(seg.block)).flatten())
     return torch.cat(rows)
 
@@ -267,8 +255,8 @@ class OutputFit:
     with a ``rectifier``, majorisation steps add ``C``'s correction ``D`` (module docstring)."""
 
     consumer: Consumer
-    columns: torch.Tensor  # input columns kept, indices into the present input
-    rows: torch.Tensor  # present output channels, indices into the original output
+    inputs: int  # the narrowed layer's input channels (features, for a linear layer)
+    rows: torch.Tensor  # the narrowed layer's output channels, indices into the original output
     geometry: ConvGeometry | None  # None: a linear layer
     bias: torch.Tensor | None  # the original bias, over ``rows``
     addend: Addend | None
@@ -284,7 +272,7 @@ class OutputFit:
     @property
     def features(self) -> int:
         k = self.geometry.kernel if self.geometry else (1, 1)
-        return len(self.columns) * k[0] * k[1]
+        return self.inputs * k[0] * k[1]
 
     def nodes(self) -> set[str]:
         """Nodes to capture in both networks: the layer's input and output, the addend, the ReLU's input."""
@@ -313,7 +301,6 @@ class OutputFit:
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Sampled rows ``(u', y*, *extra)`` of one batch, the same rows on every pass over the data."""
         x = pruned[self.consumer.observed]
-        x = x.index_select(self._axis(x), self.columns.to(x.device))
         step = chunk(x, self.geometry)
         streams = [targets(t, self.geometry, step) for t in (self._target(pruned, original), *extra)]
         for u, *ts in zip(patches(x, self.geometry, step), *streams, strict=True):
@@ -365,7 +352,7 @@ class OutputFit:
         w = self._solve().T  # (out, F)
         if self.geometry is None:
             return w
-        return w.reshape(w.shape[0], len(self.columns), *self.geometry.kernel)
+        return w.reshape(w.shape[0], self.inputs, *self.geometry.kernel)
 
 
 @dataclass(frozen=True)
@@ -379,13 +366,9 @@ class _Layer:
         return self.geometry.kernel[0] * self.geometry.kernel[1] if self.geometry else 1
 
 
-def _layer(gm: fx.GraphModule, analysis: GraphAnalysis, c: Consumer, g: ChannelGroup) -> _Layer | None:
-    """Consumer ``c`` of ``g`` as a layer an output-level fit handles: a 2-D convolution or a linear
-    layer whose output is not in ``g`` itself; None otherwise."""
+def _layer(gm: fx.GraphModule, analysis: GraphAnalysis, c: Consumer) -> _Layer | None:
+    """Consumer ``c`` as a layer an output-level fit handles: a 2-D convolution or a linear layer."""
     node = next(n for n in gm.graph.nodes if n.name == c.node)
-    compute = next(cn for cn in analysis.compute if cn.node == c.node)
-    if compute.outputs is not None and compute.outputs.spaces & set(g.spaces):
-        return None
     if c.kind == "linear":
         bias = node.args[2] if len(node.args) > 2 else None
         return _Layer(node, None, bias if isinstance(bias, fx.Node) else None)
@@ -399,31 +382,29 @@ def plan(
     original: fx.GraphModule,
     analysis: GraphAnalysis,
     c: Consumer,
-    g: ChannelGroup,
     kept: Kept,
-    done: dict[int, int],
     ridge: float,
     samples: int,
     rectified: bool = True,
 ) -> OutputFit | None:
-    """An output-level fit for consumer ``c`` of ``g`` in the sequential re-fit, or None where the
-    channel re-fit must do: see ``_layer``; more than ``MAX_FEATURES`` predictors; fewer than
-    ``ROWS_PER_FEATURE`` output positions per predictor in the calibration set. ``rectified``: look for
-    a ReLU after the layer (``OutputFit.rectifier``)."""
-    layer = _layer(work, analysis, c, g)
-    columns = _columns(c.layout, g, kept, done)
+    """An output-level fit for consumer ``c`` of the narrowed network ``work`` (every space in ``kept``
+    narrowed) in the sequential re-fit, or None where the channel re-fit must do: see ``_layer``; more
+    than ``MAX_FEATURES`` predictors; fewer than ``ROWS_PER_FEATURE`` output positions per predictor in
+    the calibration set. ``rectified``: look for a ReLU after the layer (``OutputFit.rectifier``)."""
+    layer = _layer(work, analysis, c)
+    inputs = c.layout.columns_for({s: len(j) for s, j in kept.items()})
     out = original.get_parameter(c.weight).shape[0]
     shape = analysis.shapes[c.node]
     positions = samples * math.prod(shape) // (shape[0] * out)  # output positions over the calibration set
-    features = len(columns) * (layer.positions if layer else 1)
+    features = inputs * (layer.positions if layer else 1)
     if layer is None or features > MAX_FEATURES or positions < ROWS_PER_FEATURE * features:
         return None
     compute = next(cn for cn in analysis.compute if cn.node == c.node)
-    rows = _rows(compute.outputs, kept, done, out)
+    rows = _rows(compute.outputs, kept, out)
     axis = 1 if layer.geometry else len(shape) - 1
     return OutputFit(
         c,
-        columns,
+        inputs,
         rows,
         layer.geometry,
         None if (b := _value(original, layer.bias)) is None else b[rows],

@@ -18,14 +18,11 @@ Kept = dict[int, torch.Tensor]  # space -> sorted kept indices (absent: keeps ev
 Refits = dict[tuple[str, int], torch.Tensor]  # (consumer weight, space) -> A_J (m x k)
 
 
-def _edit_axis(
-    t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits, done: dict[int, int]
-) -> torch.Tensor:
-    """Edit one axis for the spaces in ``kept``; spaces in ``done`` were narrowed by an earlier call."""
+def _edit_axis(t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits) -> torch.Tensor:
+    """Edit one axis for the spaces in ``kept``."""
     pieces = []
-    for seg, offset in pa.layout.offsets(done):
-        length = done.get(seg.space, seg.length) if seg.space != FIXED else seg.length
-        part = t.narrow(pa.axis, offset, length * seg.block)
+    for seg, offset in pa.layout.offsets():
+        part = t.narrow(pa.axis, offset, seg.length * seg.block)
         keep = kept.get(seg.space) if seg.space != FIXED else None
         if keep is None:
             pieces.append(part)
@@ -54,21 +51,21 @@ def pruned_tensors(
     analysis: GraphAnalysis,
     kept: Kept,
     refits: Refits,
-    done: dict[int, int] | None = None,
+    only: set[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The new value of every parameter or buffer that changes when the spaces in ``kept`` keep those
-    channels. ``done`` gives the widths of spaces an earlier call already narrowed (a group at a time)."""
+    """The new value of every parameter or buffer (of those named in ``only``, where given) that changes
+    when the spaces in ``kept`` keep those channels."""
     state = dict(gm.named_parameters()) | dict(gm.named_buffers())
     by_target: dict[str, list[ParamAxis]] = {}
     for pa in analysis.param_axes:
-        if any(s in kept for s in pa.layout.spaces):
+        if any(s in kept for s in pa.layout.spaces) and (only is None or pa.target in only):
             by_target.setdefault(pa.target, []).append(pa)
     out = {}
     with torch.no_grad():
         for target, axes in by_target.items():
             t = state[target].detach()
             for pa in sorted(axes, key=lambda p: p.axis):
-                t = _edit_axis(t, pa, kept, refits, done or {})
+                t = _edit_axis(t, pa, kept, refits)
             out[target] = t.contiguous()
     return out
 

@@ -1,25 +1,31 @@
-"""Sequential re-fit: each consumer is re-fitted to the *already pruned* network upstream of it.
+"""Sequential re-fit: each consumer is re-fitted to the *already pruned and re-fitted* network upstream.
 
 The independent re-fit ``A_J = S_FJ (S_JJ + tau I)^-1`` uses the original network's statistics, so the
-errors of earlier layers add up. Here groups are rewritten in topological order; for each one the
-calibration data runs once through the original network and through the partly rewritten one. With
+errors of earlier layers add up. Here every producer is narrowed first (the consumers keep their columns
+``J``), then the consumers are re-fitted in topological order, each once everything it reads is final:
+a residual stream's readers see the stream as the earlier blocks leave it, pruned and re-fitted. Each
+step runs the calibration data through the original network and the rewritten one. With
 ``output_level`` (``refit="output"``), 2-D convolutions and linear layers are re-fitted on their output
 where ``core.output_fit`` applies (whole input patches as predictors, the original output as target, a
-residual branch's error taken up where the output is added to one); every other consumer has its inputs
-re-fitted by ridge regression of the original activations on the pruned ones: ``A = C (S'_JJ + tau I)^-1`` with ``C = E[z_F z'_J^T]`` (original x
-pruned) and ``S' = E[z'_J z'_J^T]``. Each forward pass stops at the last node it needs and, where the
-activations it left at the next group's first changed node fit in ``CACHE_BYTES``, the next group's pass
-starts from them (``core.capture.Cursor``): about one forward pass per network in all on a chain.
+residual branch's error taken up where the output is added to one), and so is a layer whose input
+channels are all kept but changed by the pruning upstream (one reading a group kept whole); every other
+consumer of a narrowed space has its inputs re-fitted by ridge regression of the original activations on
+the pruned ones, ``W' = W A`` with ``A = C (S'_JJ + tau I)^-1``, ``C = E[z_F z'_J^T]`` (original x
+pruned), ``S' = E[z'_J z'_J^T]``. Consumers that neither read nor take up each other's output share a
+step. Each pass stops at the last node it needs and, where the activations it left where the last step's
+weights are first read fit in ``CACHE_BYTES``, the next step starts from them (``core.capture.Cursor``):
+about one forward pass per network in all on a chain.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import fx
 
-from core.capture import Cursor, first_change
+from core.capture import Cursor, downstream, first_change
 from core.covariance import _rows
 from core.graph import ChannelGroup, Consumer, GraphAnalysis
 from core.layout import Layout
@@ -29,6 +35,55 @@ from core.rewrite import patch_shapes
 from core.selection import ridge_solve
 
 CACHE_BYTES = 1 << 30  # activations kept between layers (per network), to resume passes midway
+
+
+@dataclass
+class _Step:
+    """Consumers re-fitted together: on their output (``fits``) or on their input channels (``by_channel``)."""
+
+    fits: list[OutputFit]
+    by_channel: list[Consumer]
+
+    @property
+    def weights(self) -> set[str]:
+        return {f.consumer.weight for f in self.fits} | {c.weight for c in self.by_channel}
+
+
+def _consumers(
+    work: fx.GraphModule, groups: list[ChannelGroup], kept: Kept, reached: set[str]
+) -> list[Consumer]:
+    """Every consumer that reads a narrowed space or a node the narrowing ``reached`` (a layer reading a
+    group kept whole behind pruned ones), once per weight, in graph order."""
+    index = {n.name: i for i, n in enumerate(work.graph.nodes)}
+    found: dict[str, Consumer] = {}
+    for g in groups:
+        for c in g.consumers:
+            if c.layout.spaces & set(kept) or c.observed in reached:
+                found.setdefault(c.weight, c)
+    return sorted(found.values(), key=lambda c: index.get(c.node, len(index)))
+
+
+def _steps(work: fx.GraphModule, planned: list[tuple[Consumer, OutputFit | None]]) -> list[_Step]:
+    """Group the consumers into steps: each one after every consumer whose weight changes its input, and
+    where it can, after those whose weight changes the addend whose error it takes up (in a cycle, two
+    branches of one sum, the first in graph order goes first and the other absorbs what is left)."""
+    reach = {c.weight: {n.name for n in downstream(work, {c.weight})} for c, _ in planned}
+
+    def changed_by(c: Consumer, node: str | None) -> set[str]:  # the other weights that change ``node``
+        return {w for w, nodes in reach.items() if w != c.weight and node in nodes}
+
+    reads = {c.weight: changed_by(c, c.observed) for c, _ in planned}
+    takes_up = {c.weight: changed_by(c, f.addend.node if f and f.addend else None) for c, f in planned}
+    remaining, steps = list(planned), []
+    while remaining:
+        pending = {c.weight for c, _ in remaining}
+        ready = [(c, f) for c, f in remaining if not reads[c.weight] & pending]
+        settled = [(c, f) for c, f in ready if not takes_up[c.weight] & pending]
+        chosen = settled or ready[:1] or remaining[:1]
+        steps.append(_Step([f for _, f in chosen if f], [c for c, f in chosen if f is None]))
+        taken = {c.weight for c, _ in chosen}
+        remaining = [(c, f) for c, f in remaining if c.weight not in taken]
+    return steps
 
 
 def _observed(analysis: GraphAnalysis, consumers: list[Consumer]) -> dict[str, Layout]:
@@ -42,32 +97,31 @@ def _observed(analysis: GraphAnalysis, consumers: list[Consumer]) -> dict[str, L
 
 def _cross_fit(
     cursors: tuple[Cursor, Cursor],
-    starts: list[int],
+    start: int,
     observed: dict[str, Layout],
-    g: ChannelGroup,
     kept: Kept,
-    done: dict[int, int],
     batches: Iterable[tuple[torch.Tensor, ...]],
     ridge: float,
     fits: list[OutputFit],
 ) -> dict[tuple[str, int], torch.Tensor]:
-    """``A`` per (observed node, space) by ridge regression of original on pruned activations; the
-    output-level ``fits`` are fed from the same passes."""
+    """``A`` per (observed node, narrowed space) by ridge regression of original on pruned activations;
+    the output-level ``fits`` are fed from the same passes."""
+    widths = {s: len(j) for s, j in kept.items()}
     cross: dict[tuple[str, int], torch.Tensor] = {}
     gram: dict[tuple[str, int], torch.Tensor] = {}
     energy: dict[tuple[str, int], float] = {}
     names = set(observed).union(*(f.nodes() for f in fits))
     for i, batch in enumerate(batches):
-        before, after = (c.values(i, batch, names, at) for c, at in zip(cursors, starts, strict=True))
+        before, after = (c.values(i, batch, names, start) for c in cursors)
         for f in fits:
             f.add(after, before)
         for node, layout in observed.items():
-            now = dict(layout.offsets(done))
+            now = dict(layout.offsets(widths))
             for seg, offset in layout.offsets():
-                if seg.space not in g.spaces or seg.space not in kept:
+                if seg.space not in kept:
                     continue
                 x = _rows(before[node], layout, offset, seg.length, seg.block).double()  # (n, m)
-                z = _rows(after[node], layout, now[seg], seg.length, seg.block).double()[:, kept[seg.space]]
+                z = _rows(after[node], layout, now[seg], widths[seg.space], seg.block).double()  # (n, k)
                 key = (node, seg.space)
                 cross[key] = cross.get(key, 0) + x.T @ z  # sum z_F z'_J^T   (m, k)
                 gram[key] = gram.get(key, 0) + z.T @ z  # sum z'_J z'_J^T  (k, k)
@@ -81,7 +135,7 @@ def _cross_fit(
 
 def _majorise(
     cursors: tuple[Cursor, Cursor],
-    starts: list[int],
+    start: int,
     batches: list[tuple[torch.Tensor, ...]],
     fits: list[OutputFit],
     steps: int,
@@ -93,9 +147,27 @@ def _majorise(
         for f in rectified:
             f.begin_step()
         for i, batch in enumerate(batches):
-            before, after = (c.values(i, batch, names, at) for c, at in zip(cursors, starts, strict=True))
+            before, after = (c.values(i, batch, names, start) for c in cursors)
             for f in rectified:
                 f.majorise(after, before)
+
+
+def _refitted(
+    original: fx.GraphModule,
+    analysis: GraphAnalysis,
+    kept: Kept,
+    step: _Step,
+    maps: dict[tuple[str, int], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """The step's new weights: ``W' = W A`` from the original weights for the channel re-fits (rows and
+    other spaces' columns sliced), the solved ``W'`` for the output-level fits."""
+    refits: Refits = {}
+    for c in step.by_channel:
+        for s in c.layout.spaces & set(kept):
+            if (c.observed, s) in maps:
+                refits[(c.weight, s)] = maps[(c.observed, s)].cpu()
+    new = pruned_tensors(original, analysis, kept, refits, {c.weight for c in step.by_channel})
+    return new | {f.consumer.weight: f.weight() for f in step.fits}
 
 
 def sequential_refit(
@@ -106,43 +178,38 @@ def sequential_refit(
     kept: Kept,
     batches: list[tuple[torch.Tensor, ...]],
     ridge: float,
-    on_group: Callable[[int, int], None] | None = None,
+    on_step: Callable[[int, int], None] | None = None,
     output_level: bool = True,
     rectified_steps: int = 0,
 ) -> None:
-    """Rewrite ``work`` (a copy of ``original``) group by group, re-fitting consumers as it goes: on
+    """Narrow ``work`` (a copy of ``original``) to ``kept``, then re-fit its consumers step by step: on
     their output where ``core.output_fit`` applies and ``output_level`` (with ``rectified_steps``
-    majorisation passes where a ReLU follows), else on their input."""
-    done: dict[int, int] = {}
-    ordered = [g for g in sorted(groups, key=lambda g: g.position) if any(s in kept for s in g.spaces)]
+    majorisation passes where a ReLU follows), else on their input channels."""
+    narrowed = pruned_tensors(work, analysis, kept, {})
+    assign(work, narrowed)
+    patch_shapes(work, analysis, {s: len(j) for s, j in kept.items()})
     samples = sum(b[0].shape[0] for b in batches)
+    consumers = _consumers(work, groups, kept, {n.name for n in downstream(work, set(narrowed))})
+    fits = [
+        plan(work, original, analysis, c, kept, ridge, samples, rectified_steps > 0) if output_level else None
+        for c in consumers
+    ]
+    planned = [  # a layer reading no narrowed space is re-fitted on its output or not at all
+        (c, f) for c, f in zip(consumers, fits, strict=True) if f is not None or c.layout.spaces & set(kept)
+    ]
+    steps = _steps(work, planned)
     cursors = Cursor(original, len(batches), CACHE_BYTES), Cursor(work, len(batches), CACHE_BYTES)
-    for i, g in enumerate(ordered):
-        starts = [first_change(c.gm, *analysis.rewritten_by(g)) for c in cursors]
-        planned = (
-            plan(work, original, analysis, c, g, kept, done, ridge, samples, rectified_steps > 0)
-            for c in g.consumers
-        )
-        fits = [f for f in planned if f is not None] if output_level else []
-        direct = {f.consumer.node for f in fits}
-        by_channel = [c for c in g.consumers if c.node not in direct]
+    start = 0
+    for i, step in enumerate(steps):
         maps = _cross_fit(
-            cursors, starts, _observed(analysis, by_channel), g, kept, done, batches, ridge, fits
+            cursors, start, _observed(analysis, step.by_channel), kept, batches, ridge, step.fits
         )
-        _majorise(cursors, starts, batches, fits, rectified_steps)
-        refits: Refits = {}
-        for c in by_channel:
-            for s in set(g.spaces) & c.layout.spaces:
-                if (c.observed, s) in maps:
-                    refits[(c.weight, s)] = maps[(c.observed, s)].cpu()
-        mine = {s: kept[s] for s in g.spaces if s in kept}
-        new = pruned_tensors(work, analysis, mine, refits, done)
-        for f in fits:
-            w = f.weight()
-            assert w.shape == new[f.consumer.weight].shape, (f.consumer.node, w.shape)
-            new[f.consumer.weight] = w.to(new[f.consumer.weight])
-        assign(work, new)
-        done.update({s: len(j) for s, j in mine.items()})
-        patch_shapes(work, analysis, done)
-        if on_group is not None:
-            on_group(i + 1, len(ordered))
+        _majorise(cursors, start, batches, step.fits, rectified_steps)
+        new = _refitted(original, analysis, kept, step, maps)
+        present = dict(work.named_parameters())
+        for name, w in new.items():
+            assert w.shape == present[name].shape, (name, w.shape, present[name].shape)
+        assign(work, {name: w.to(present[name]) for name, w in new.items()})
+        start = first_change(work, step.weights, set())
+        if on_step is not None:
+            on_step(i + 1, len(steps))

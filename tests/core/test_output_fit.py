@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import fx, nn
 from torch.nn import functional as F
 
 from core import CompressionConfig, compress, output_fit
-from core.graph import analyse
+from core.capture import Cursor
+from core.graph import GraphAnalysis, analyse
 from core.output_fit import ConvGeometry, chunk, patches, plan, targets
+from core.reconstruct import Kept
+from core.sequential import sequential_refit
 from tests.core import models
 
 
@@ -90,7 +93,7 @@ def test_a_fit_is_planned_with_the_addend_and_the_relu_after_its_layer() -> None
     def fit_for(weight: str, rectified: bool = True) -> output_fit.OutputFit | None:
         c, g = by_node[weight]
         kept = {s: torch.arange(0, g.size, 2) for s in g.spaces}
-        return plan(gm, gm, analysis, c, g, kept, {}, 1e-5, 64, rectified)
+        return plan(gm, gm, analysis, c, kept, 1e-5, 64, rectified)
 
     def gamma_eff(bn: nn.BatchNorm2d) -> torch.Tensor:
         return bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
@@ -129,7 +132,7 @@ def test_a_relu6_is_planned_with_its_bounds() -> None:
     analysis = analyse(gm, (x[:2],))
     (g,) = [g for g in analysis.prunable if any(c.weight == "conv2.weight" for c in g.consumers)]
     c = next(c for c in g.consumers if c.weight == "conv2.weight")
-    fit = plan(gm, gm, analysis, c, g, {s: torch.arange(4) for s in g.spaces}, {}, 1e-5, 64)
+    fit = plan(gm, gm, analysis, c, {s: torch.arange(4) for s in g.spaces}, 1e-5, 64)
     assert fit is not None and fit.rectifier is not None
     assert (fit.rectifier.low, fit.rectifier.high) == (0.0, 6.0)
 
@@ -178,6 +181,63 @@ def test_a_broadcast_addend_before_the_relu_leaves_the_fit_unrectified() -> None
     analysis = analyse(gm, (x[:2],))
     (g,) = [g for g in analysis.prunable if any(c.weight == "conv2.weight" for c in g.consumers)]
     c = next(c for c in g.consumers if c.weight == "conv2.weight")
-    fit = plan(gm, gm, analysis, c, g, {s: torch.arange(4) for s in g.spaces}, {}, 1e-5, 64)
+    fit = plan(gm, gm, analysis, c, {s: torch.arange(4) for s in g.spaces}, 1e-5, 64)
     # the gate's error is not in the target, so the pruned pre-activation is not known from the fit
     assert fit is not None and fit.addend is None and fit.rectifier is None
+
+
+def _fit_on_final_network(
+    work: fx.GraphModule,
+    original: fx.GraphModule,
+    analysis: GraphAnalysis,
+    weight: str,
+    kept: Kept,
+    x: torch.Tensor,
+) -> torch.Tensor:
+    """The output-level fit of the layer owning ``weight``, solved afresh on the finished network."""
+    (c,) = {c.weight: c for g in analysis.prunable for c in g.consumers if c.weight == weight}.values()
+    fit = plan(work, original, analysis, c, kept, 1e-9, len(x), rectified=False)
+    assert fit is not None
+    batches = [(x[i : i + 128],) for i in range(0, len(x), 128)]
+    for i, batch in enumerate(batches):
+        fit.add(*(Cursor(gm, len(batches), 0).values(i, batch, fit.nodes(), 0) for gm in (work, original)))
+    return fit.weight().float()
+
+
+def test_every_layer_is_fitted_to_its_final_input() -> None:
+    """A residual stream's reader comes after the blocks before it are pruned and re-fitted: re-solving
+    its fit on the finished network changes nothing (fitted as soon as the stream was narrowed, the head
+    here would miss the last block's inner pruning)."""
+    torch.manual_seed(0)
+    model = models.randomize_bn(models.ResNetLike()).eval()
+    x = torch.randn(640, 3, 8, 8)  # 640 rows for the head's 16 predictors: output-level
+    original, work = (models.export(model, x[:4]).module() for _ in range(2))
+    analysis = analyse(work, (x[:2],))
+    kept = {s: torch.arange(0, g.size, 2) for g in analysis.prunable for s in g.spaces}
+    sequential_refit(work, original, analysis, analysis.prunable, kept, [(x[:320],), (x[320:],)], 1e-9)
+    again = _fit_on_final_network(work, original, analysis, "fc.weight", kept, x)
+    assert again.shape == (10, 16) and torch.allclose(again, work.get_parameter("fc.weight"), atol=1e-5)
+
+
+class _Chain(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x)))))
+
+
+def test_a_layer_behind_a_group_kept_whole_is_refitted() -> None:
+    """conv2's channels are all kept, but conv1's pruning changes them: conv3 is re-fitted to them too."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, 8, 8)
+    original, work = (models.export(_Chain().eval(), x[:4]).module() for _ in range(2))
+    analysis = analyse(work, (x[:2],))
+    (first,) = [g for g in analysis.prunable if any(c.weight == "conv2.weight" for c in g.consumers)]
+    kept = {s: torch.arange(5) for s in first.spaces}
+    sequential_refit(work, original, analysis, analysis.prunable, kept, [(x[:128],), (x[128:],)], 1e-9)
+    again = _fit_on_final_network(work, original, analysis, "conv3.weight", kept, x)
+    assert torch.allclose(again, work.get_parameter("conv3.weight"), atol=1e-5)
+    assert not torch.allclose(again, original.get_parameter("conv3.weight"), atol=1e-3)
