@@ -189,7 +189,9 @@ def sequential_refit(
     assign(work, narrowed)
     patch_shapes(work, analysis, {s: len(j) for s, j in kept.items()})
     samples = sum(b[0].shape[0] for b in batches)
-    consumers = _consumers(work, groups, kept, {n.name for n in downstream(work, set(narrowed))})
+    reached = {n.name for n in downstream(work, set(narrowed))}
+    del narrowed  # the narrowed tensors live on in ``work`` until their re-fit replaces them
+    consumers = _consumers(work, groups, kept, reached)
     fits = [
         plan(work, original, analysis, c, kept, ridge, samples, rectified_steps > 0) if output_level else None
         for c in consumers
@@ -198,9 +200,11 @@ def sequential_refit(
         (c, f) for c, f in zip(consumers, fits, strict=True) if f is not None or c.layout.spaces & set(kept)
     ]
     steps = _steps(work, planned)
+    del fits, planned  # only the steps hold the fits now, and each is dropped once done (G is F x F)
     cursors = Cursor(original, len(batches), CACHE_BYTES), Cursor(work, len(batches), CACHE_BYTES)
     start = 0
-    for i, step in enumerate(steps):
+    for i in range(len(steps)):
+        step, steps[i] = steps[i], _Step([], [])
         maps = _cross_fit(
             cursors, start, _observed(analysis, step.by_channel), kept, batches, ridge, step.fits
         )
