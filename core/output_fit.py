@@ -366,7 +366,7 @@ class _Layer:
         return self.geometry.kernel[0] * self.geometry.kernel[1] if self.geometry else 1
 
 
-def _layer(gm: fx.GraphModule, analysis: GraphAnalysis, c: Consumer) -> _Layer | None:
+def _layer(gm: fx.GraphModule, c: Consumer) -> _Layer | None:
     """Consumer ``c`` as a layer an output-level fit handles: a 2-D convolution or a linear layer."""
     node = next(n for n in gm.graph.nodes if n.name == c.node)
     if c.kind == "linear":
@@ -391,7 +391,7 @@ def plan(
     narrowed) in the sequential re-fit, or None where the channel re-fit must do: see ``_layer``; more
     than ``MAX_FEATURES`` predictors; fewer than ``ROWS_PER_FEATURE`` output positions per predictor in
     the calibration set. ``rectified``: look for a ReLU after the layer (``OutputFit.rectifier``)."""
-    layer = _layer(work, analysis, c)
+    layer = _layer(work, c)
     inputs = c.layout.columns_for({s: len(j) for s, j in kept.items()})
     out = original.get_parameter(c.weight).shape[0]
     shape = analysis.shapes[c.node]
