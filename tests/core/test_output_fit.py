@@ -195,7 +195,7 @@ def _fit_on_final_network(
     x: torch.Tensor,
 ) -> torch.Tensor:
     """The output-level fit of the layer owning ``weight``, solved afresh on the finished network."""
-    (c,) = {c.weight: c for g in analysis.prunable for c in g.consumers if c.weight == weight}.values()
+    c = next(c for g in analysis.prunable for c in g.consumers if c.weight == weight)
     fit = plan(work, original, analysis, c, kept, 1e-9, len(x), rectified=False)
     assert fit is not None
     batches = [(x[i : i + 128],) for i in range(0, len(x), 128)]
