@@ -36,14 +36,14 @@ class Cursor:
     A run that only needs what lies at or after node index ``start`` (nothing before it has changed since
     the snapshot) resumes from the values live at the snapshot's index instead of the input: a layer-by-
     layer re-fit then costs about one forward pass per network instead of one per layer. Parameters are
-    always read afresh. Snapshots are dropped when they would hold more than ``budget`` bytes in all.
+    always read afresh. A batch's snapshot is kept only while all of them hold at most ``budget`` bytes:
+    where they do not all fit, the batches whose snapshot does still resume.
     """
 
     def __init__(self, gm: fx.GraphModule, batches: int, budget: int) -> None:
         self.gm, self.budget = gm, budget
         self.nodes = list(gm.graph.nodes)
         self.saved: list[tuple[int, dict[fx.Node, Any]] | None] = [None] * batches
-        self.refused = -1  # a start index whose snapshots were over budget
 
     def values(self, i: int, inputs: tuple[torch.Tensor, ...], names: set[str], start: int) -> dict[str, Any]:
         """The outputs of ``names`` for batch ``i`` (the same ``inputs`` at every call); the values live
@@ -79,12 +79,12 @@ class Cursor:
         return found
 
     def _keep(self, i: int, start: int, snapshot: dict[fx.Node, Any] | None) -> None:
-        if start == self.refused or snapshot is None:
-            self.saved[i] = None
-            return
-        self.saved[i] = (start, snapshot)
-        if sum(_nbytes(s[1]) for s in self.saved if s is not None) > self.budget:
-            self.saved, self.refused = [None] * len(self.saved), start
+        old, self.saved[i] = self.saved[i], None
+        held = sum(nbytes(s[1]) for s in self.saved if s is not None)
+        if snapshot is not None and held + nbytes(snapshot) <= self.budget:
+            self.saved[i] = (start, snapshot)
+        elif old is not None and old[0] <= start:  # this run resumed from it: nothing before it changed
+            self.saved[i] = old
 
 
 def _live(nodes: list[fx.Node], start: int) -> list[fx.Node]:
@@ -93,5 +93,6 @@ def _live(nodes: list[fx.Node], start: int) -> list[fx.Node]:
     return [n for n in nodes[:start] if n.op != "get_attr" and any(u not in before for u in n.users)]
 
 
-def _nbytes(values: dict[fx.Node, Any]) -> int:
+def nbytes(values: dict[Any, Any]) -> int:
+    """Bytes held by the tensors among ``values``."""
     return sum(v.numel() * v.element_size() for v in values.values() if isinstance(v, torch.Tensor))

@@ -44,8 +44,8 @@ class CompressionConfig:
       ``independent`` uses the original network's statistics only (one pass in all, the paper's form).
     - ``rectified_steps``: with ``refit="output"``, majorisation steps that fit a layer a ReLU follows to
       what the ReLU passes (a position the original zeroes needs only a non-positive pre-activation);
-      each costs one more partial pass per re-fit step; 0 fits the pre-activation itself
-      (``core.output_fit``).
+      each costs one more pass over a re-fit step's data (held in memory where it fits); 0 fits the
+      pre-activation itself (``core.output_fit``).
     - ``allocation``: how a FLOPs/params target is split across groups: ``sensitivity`` (local loss
       curves scaled by each group's measured output error, summed error minimised) or ``spectrum`` (one
       retained-energy level for all).

@@ -274,10 +274,12 @@ class OutputFit:
         k = self.geometry.kernel if self.geometry else (1, 1)
         return self.inputs * k[0] * k[1]
 
-    def nodes(self) -> set[str]:
-        """Nodes to capture in both networks: the layer's input and output, the addend, the ReLU's input."""
-        extra = {a.node for a in (self.addend, self.rectifier) if a is not None}
-        return {self.consumer.observed, self.consumer.node} | extra
+    def nodes(self) -> tuple[set[str], set[str]]:
+        """Nodes to capture in the original network (the layer's output, the addend, the ReLU's input)
+        and in the pruned one (the layer's input, the addend)."""
+        addend = {self.addend.node} if self.addend is not None else set()
+        relu = {self.rectifier.node} if self.rectifier is not None else set()
+        return {self.consumer.node} | addend | relu, {self.consumer.observed} | addend
 
     def _axis(self, x: torch.Tensor) -> int:
         return 1 if self.geometry else x.dim() - 1

@@ -14,18 +14,20 @@ the pruned ones, ``W' = W A`` with ``A = C (S'_JJ + tau I)^-1``, ``C = E[z_F z'_
 pruned), ``S' = E[z'_J z'_J^T]``. Consumers that neither read nor take up each other's output share a
 step. Each pass stops at the last node it needs and, where the activations it left where the last step's
 weights are first read fit in ``CACHE_BYTES``, the next step starts from them (``core.capture.Cursor``):
-about one forward pass per network in all on a chain.
+about one forward pass per network in all on a chain. A step's majorisation passes read what its first
+pass captured, held in memory up to ``STEP_BYTES`` (the rest is computed again).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import fx
 
-from core.capture import Cursor, downstream, first_change
+from core.capture import Cursor, downstream, first_change, nbytes
 from core.covariance import _rows
 from core.graph import ChannelGroup, Consumer, GraphAnalysis
 from core.layout import Layout
@@ -35,6 +37,9 @@ from core.rewrite import patch_shapes
 from core.selection import ridge_solve
 
 CACHE_BYTES = 1 << 30  # activations kept between layers (per network), to resume passes midway
+STEP_BYTES = 1 << 30  # captured values a step keeps for its majorisation passes, which read the same
+
+Values = dict[str, Any]
 
 
 @dataclass
@@ -95,24 +100,60 @@ def _observed(analysis: GraphAnalysis, consumers: list[Consumer]) -> dict[str, L
     return out
 
 
+@dataclass
+class _Passes:
+    """One step's passes over the calibration data: per batch, the original network's values and the
+    pruned one's. The weights change only once the step ends, so the values a pass asks to ``keep`` are
+    held (up to ``budget`` bytes, batch by batch) and a later pass of the step reads them from memory."""
+
+    cursors: tuple[Cursor, Cursor]
+    start: int
+    batches: list[tuple[torch.Tensor, ...]]
+    budget: int
+    held: dict[int, tuple[Values, Values]] = field(default_factory=dict)
+
+    def run(
+        self, names: tuple[set[str], set[str]], keep: tuple[set[str], set[str]] = (set(), set())
+    ) -> Iterator[tuple[Values, Values]]:
+        """``(original, pruned)`` values of ``names`` per batch; where a batch is held, what it holds."""
+        used = sum(nbytes(a) + nbytes(b) for a, b in self.held.values())
+        for i, batch in enumerate(self.batches):
+            held = self.held.get(i)
+            if held is not None and all(n <= h.keys() for n, h in zip(names, held, strict=True)):
+                yield held
+                continue
+            before = self.cursors[0].values(i, batch, names[0], self.start)
+            after = self.cursors[1].values(i, batch, names[1], self.start)
+            yield before, after
+            kept = {n: before[n] for n in keep[0]}, {n: after[n] for n in keep[1]}
+            size = nbytes(kept[0]) + nbytes(kept[1])
+            if any(keep) and used + size <= self.budget:
+                self.held[i], used = kept, used + size
+
+
+def _names(fits: list[OutputFit], observed: Iterable[str] = ()) -> tuple[set[str], set[str]]:
+    """The nodes ``fits`` (and the channel re-fits of the ``observed`` nodes) read in each network."""
+    nodes = [f.nodes() for f in fits]
+    return set(observed).union(*(o for o, _ in nodes)), set(observed).union(*(p for _, p in nodes))
+
+
 def _cross_fit(
-    cursors: tuple[Cursor, Cursor],
-    start: int,
+    passes: _Passes,
     observed: dict[str, Layout],
     kept: Kept,
-    batches: Iterable[tuple[torch.Tensor, ...]],
     ridge: float,
     fits: list[OutputFit],
+    rectified: bool,
 ) -> dict[tuple[str, int], torch.Tensor]:
     """``A`` per (observed node, narrowed space) by ridge regression of original on pruned activations;
-    the output-level ``fits`` are fed from the same passes."""
+    the output-level ``fits`` are fed from the same passes, which hold what the ``rectified`` ones'
+    majorisation passes will read again."""
     widths = {s: len(j) for s, j in kept.items()}
     cross: dict[tuple[str, int], torch.Tensor] = {}
     gram: dict[tuple[str, int], torch.Tensor] = {}
     energy: dict[tuple[str, int], float] = {}
-    names = set(observed).union(*(f.nodes() for f in fits))
-    for i, batch in enumerate(batches):
-        before, after = (c.values(i, batch, names, start) for c in cursors)
+    keep = _names([f for f in fits if f.rectifier is not None]) if rectified else (set(), set())
+    for before, after in passes.run(_names(fits, observed), keep):
         for f in fits:
             f.add(after, before)
         for node, layout in observed.items():
@@ -133,21 +174,14 @@ def _cross_fit(
     return maps
 
 
-def _majorise(
-    cursors: tuple[Cursor, Cursor],
-    start: int,
-    batches: list[tuple[torch.Tensor, ...]],
-    fits: list[OutputFit],
-    steps: int,
-) -> None:
+def _majorise(passes: _Passes, fits: list[OutputFit], steps: int) -> None:
     """``steps`` majorisation passes for the ``fits`` a ReLU follows (``core.output_fit``)."""
     rectified = [f for f in fits if f.rectifier is not None]
-    names = set().union(*(f.nodes() for f in rectified))
+    names = _names(rectified)
     for _ in range(steps if rectified else 0):
         for f in rectified:
             f.begin_step()
-        for i, batch in enumerate(batches):
-            before, after = (c.values(i, batch, names, start) for c in cursors)
+        for before, after in passes.run(names):
             for f in rectified:
                 f.majorise(after, before)
 
@@ -205,10 +239,11 @@ def sequential_refit(
     start = 0
     for i in range(len(steps)):
         step, steps[i] = steps[i], _Step([], [])
-        maps = _cross_fit(
-            cursors, start, _observed(analysis, step.by_channel), kept, batches, ridge, step.fits
-        )
-        _majorise(cursors, start, batches, step.fits, rectified_steps)
+        passes = _Passes(cursors, start, batches, STEP_BYTES)
+        observed = _observed(analysis, step.by_channel)
+        maps = _cross_fit(passes, observed, kept, ridge, step.fits, rectified_steps > 0)
+        _majorise(passes, step.fits, rectified_steps)
+        del passes  # what it held
         new = _refitted(original, analysis, kept, step, maps)
         present = dict(work.named_parameters())
         for name, w in new.items():

@@ -199,8 +199,10 @@ def _fit_on_final_network(
     fit = plan(work, original, analysis, c, kept, 1e-9, len(x), rectified=False)
     assert fit is not None
     batches = [(x[i : i + 128],) for i in range(0, len(x), 128)]
+    original_nodes, pruned_nodes = fit.nodes()
     for i, batch in enumerate(batches):
-        fit.add(*(Cursor(gm, len(batches), 0).values(i, batch, fit.nodes(), 0) for gm in (work, original)))
+        pruned = Cursor(work, len(batches), 0).values(i, batch, pruned_nodes, 0)
+        fit.add(pruned, Cursor(original, len(batches), 0).values(i, batch, original_nodes, 0))
     return fit.weight().float()
 
 
