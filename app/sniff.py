@@ -34,6 +34,7 @@ TF_HINT = (
     "--output model.onnx, or tf2onnx.convert.from_keras(model, output_path='model.onnx')) and upload "
     "the .onnx file."
 )
+ZIPPED_ONNX_HINT = "Zip one .onnx file with the external data files it names, side by side."
 DATASET_HINT = (
     "Upload an .npz with a float32 array 'x' (samples first, already preprocessed) and optional integer "
     "labels 'y' (numpy.savez('data.npz', x=x, y=y)), a .safetensors file with the same tensors, or an "
@@ -177,9 +178,17 @@ def _model_in_zip(storage: Storage, key: str, size: int) -> str:
         raise Refused("a Keras .keras archive.", TF_HINT)
     if any(name.endswith(".npy") for name in basenames):
         raise Refused("a NumPy .npz archive: data or weights, not a model.", EXPORT_HINT)
-    if any(name.endswith(".onnx") for name in basenames):
-        raise Refused("a zip archive holding an ONNX file.", "Upload the .onnx file itself, not zipped.")
+    onnx_files = [n for n in names if n.endswith(".onnx") and not _is_macos_metadata(n)]
+    if len(onnx_files) == 1:
+        return "onnx"  # with its external data files; the sandbox reads them from the archive
+    if onnx_files:
+        raise Refused(f"a zip archive holding {len(onnx_files)} ONNX files.", ZIPPED_ONNX_HINT)
     raise Refused("a zip archive that holds no model in an accepted format.", EXPORT_HINT)
+
+
+def _is_macos_metadata(name: str) -> bool:
+    """``__MACOSX/...`` and ``._name`` entries: what macOS's Finder adds to a zip about each file."""
+    return name.startswith("__MACOSX/") or name.rsplit("/", 1)[-1].startswith("._")
 
 
 def _refuse_non_zip_model(head: bytes) -> None:

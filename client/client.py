@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -82,11 +84,12 @@ class Client:
         ``config`` is the job config (``{"flops_ratio": 0.5}``, ``{"method": "l1", "alpha": 0.9}``, ...).
         ``callback_url`` receives a signed POST when the job ends. An ``Idempotency-Key`` (a fresh UUID
         unless given) is sent, and kept when a broken connection makes the client send again, so a
-        retry never creates a second job. Files are streamed, not read into memory.
+        retry never creates a second job. Files are streamed, not read into memory. An ONNX model whose
+        weights lie beside it in ``<name>.onnx.data`` (``torch.onnx.export``'s default) is sent zipped
+        with them.
         """
-        model = Path(model_path)
         data = Path(dataset) if dataset is not None else None
-        for path in (model, data):
+        for path in (Path(model_path), data):
             if path is not None and not path.is_file():
                 raise FileNotFoundError(f"no such file: {path}")
         fields = _fields(
@@ -100,7 +103,8 @@ class Client:
             preprocess=json.dumps(preprocess) if preprocess is not None else None,
         )
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
-        with ExitStack() as files_open:
+        with ExitStack() as temporary, ExitStack() as files_open:
+            model = _with_external_data(Path(model_path), temporary)
 
             def request() -> dict[str, Any]:
                 files_open.close()  # the previous attempt's handles
@@ -172,6 +176,21 @@ class Client:
 
 def _constant(args: dict[str, Any]) -> Callable[[], dict[str, Any]]:
     return lambda: args
+
+
+def _with_external_data(model: Path, stack: ExitStack) -> Path:
+    """``model``, or for an ONNX file whose weights ``torch.onnx.export`` wrote beside it
+    (``<name>.onnx.data``) a zip of the two, which the service reads as one model; the zip lives in a
+    temporary folder that ``stack`` removes."""
+    data = model.with_name(model.name + ".data")
+    if model.suffix != ".onnx" or not data.is_file():
+        return model
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="specprune-")))
+    archive = folder / f"{model.stem}.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED, allowZip64=True) as out:
+        out.write(model, model.name)
+        out.write(data, data.name)
+    return archive
 
 
 def _fields(**values: str | None) -> dict[str, str]:

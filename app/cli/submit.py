@@ -21,7 +21,12 @@ def register(subcommands: Any) -> None:
         description="Upload MODEL and its data to the service. Prints the job id; with --wait, follows "
         "the job and prints the before/after table; with -o, also downloads the model.",
     )
-    parser.add_argument("model", metavar="MODEL", help="a torch.export .pt2, an ONNX or a TorchScript file")
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="a torch.export .pt2, an ONNX (sent zipped with its NAME.onnx.data when that lies beside it) "
+        "or a TorchScript file",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--data", metavar="DATA", help="a data file to upload (.npz, .safetensors, image archive)"

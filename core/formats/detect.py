@@ -1,7 +1,7 @@
 """Which format a model file is in, judged from its bytes, never from its name.
 
-Accepted: ``pt2`` (a ``torch.export.save`` archive), ``onnx`` (an ONNX ``ModelProto``) and
-``torchscript`` (a ``torch.jit.save`` archive). Everything else is refused with a message that names
+Accepted: ``pt2`` (a ``torch.export.save`` archive), ``onnx`` (an ONNX ``ModelProto``, or a zip
+holding one with the external data files it names) and ``torchscript`` (a ``torch.jit.save`` archive). Everything else is refused with a message that names
 what was found and says how to export instead. Detection reads zip entry names, magic bytes and
 protobuf fields; it never unpickles: a pickle is only scanned for the globals it names. An accepted
 archive has also passed the static checks of its loader (:func:`core.formats.pt2.read_pt2_archive`,
@@ -25,6 +25,7 @@ from core.formats.archive_safety import (
     read_entry,
 )
 from core.formats.errors import EXPORT_HINT, CorruptModelError, UnsupportedFormatError
+from core.formats.onnx_graph import inline_external_data
 from core.formats.pickle_scan import PickleKind, classify_pickle
 from core.formats.pt2 import Pt2Archive, read_pt2_archive
 from core.formats.torchscript import check_torchscript_archive
@@ -44,6 +45,7 @@ TF_HINT = (
     "--output model.onnx, or tf2onnx.convert.from_keras(model, output_path='model.onnx')) and upload "
     "the .onnx file."
 )
+ZIPPED_ONNX_HINT = "Zip one .onnx file with the external data files it names, side by side."
 STATE_DICT_HINT = (
     "Load the weights into the model's class and export the model: model.load_state_dict(weights); "
     + EXPORT_HINT
@@ -124,6 +126,8 @@ def _inspect_zip(path: str | os.PathLike[str], limits: ArchiveLimits) -> Detecti
     if "data.pkl" in names:
         with open_zip(path) as archive:
             _refuse_pickle(read_entry(archive, f"{inventory.prefix}data.pkl", _SCAN_BYTES * 16))
+    if any(is_onnx_entry(name) for name in inventory.names):
+        return _inspect_zipped_onnx(path, inventory, limits)
     _refuse_foreign_zip(inventory)
     raise UnsupportedFormatError("a zip archive that holds no model in an accepted format.")
 
@@ -147,10 +151,36 @@ def _refuse_foreign_zip(inventory: ZipInventory) -> None:
         raise UnsupportedFormatError("a TensorFlow SavedModel.", TF_HINT)
     if "model.weights.h5" in basenames or {"config.json", "metadata.json"} <= basenames:
         raise UnsupportedFormatError("a Keras .keras archive.", TF_HINT)
-    if any(name.endswith(".onnx") for name in basenames):
-        raise UnsupportedFormatError(
-            "a zip archive holding an ONNX file.", "Upload the .onnx file itself, not zipped."
-        )
+
+
+def is_onnx_entry(name: str) -> bool:
+    """A zip entry that is an ONNX file, not what macOS's Finder adds about one (``__MACOSX/``,
+    ``._model.onnx``; ``app.sniff`` judges uploads the same way)."""
+    base = name.rsplit("/", 1)[-1]
+    return base.endswith(".onnx") and not base.startswith("._") and not name.startswith("__MACOSX/")
+
+
+def _inspect_zipped_onnx(
+    path: str | os.PathLike[str], inventory: ZipInventory, limits: ArchiveLimits
+) -> Detection:
+    """One ONNX file zipped with the external data files it names, side by side: the data is read
+    into the model from the archive (never from the file system)."""
+    models = [name for name in inventory.names if is_onnx_entry(name)]
+    if len(models) != 1:
+        raise UnsupportedFormatError(f"a zip archive holding {len(models)} ONNX files.", ZIPPED_ONNX_HINT)
+    entry = models[0]
+    folder = entry[: entry.rfind("/") + 1]
+    with open_zip(path) as archive:
+        model = _parse_onnx(read_entry(archive, entry, ONNX_MAX_BYTES))
+        if model is None or len(model.graph.node) == 0 or len(model.opset_import) == 0:
+            raise CorruptModelError(f"the archive's {entry!r} is not a readable ONNX model.")
+
+        def read(name: str) -> bytes | None:
+            key = folder + name
+            return read_entry(archive, key, limits.max_entry_bytes) if key in inventory.sizes else None
+
+        inline_external_data(model, read, where=f"beside {entry!r} in the zip archive")
+    return Detection("onnx", inventory=inventory, onnx_model=model)
 
 
 def _refuse_pickle(data: bytes, max_pickles: int = 1) -> None:
@@ -184,7 +214,9 @@ def _inspect_protobuf(path: str | os.PathLike[str], size: int, head: bytes) -> D
     looks_onnx = _looks_like_onnx_header(head)
     if size > ONNX_MAX_BYTES:
         raise UnsupportedFormatError(
-            f"a {size}-byte file: ONNX files are limited to 2 GiB and external data is not accepted."
+            f"a {size}-byte file: ONNX files are limited to 2 GiB.",
+            "Save the weights as external data and upload a .zip holding the .onnx file and its data "
+            "files, side by side.",
         )
     with open(path, "rb") as stream:
         data = stream.read()

@@ -22,7 +22,7 @@ from core.formats.archive_safety import DEFAULT_LIMITS, ArchiveLimits
 from core.formats.detect import Detection, inspect_model_file
 from core.formats.errors import CorruptModelError, ExportError, UnsupportedFormatError, first_line
 from core.formats.onnx_export import save_onnx
-from core.formats.onnx_graph import inline_external_data
+from core.formats.onnx_graph import files_beside, inline_external_data
 from core.formats.onnx_import import load_onnx
 from core.formats.program import LoadedModel, example_inputs, input_shapes, run_program, with_batch
 from core.formats.pt2 import load_pt2, save_pt2
@@ -64,7 +64,7 @@ def load_model(
     examples = _as_inputs(example_input)
     try:
         if external_data and detection.format == "onnx":
-            inline_external_data(detection.onnx_model, Path(path).parent)
+            inline_external_data(detection.onnx_model, files_beside(Path(path).parent))
         program = _load_detected(path, detection, examples, limits)
     except (SpecpruneError, MemoryError):
         raise

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -20,8 +21,9 @@ from core.formats.errors import CorruptModelError, UnsupportedFormatError
 
 _STANDARD_DOMAINS = ("", "ai.onnx")
 EXTERNAL_DATA_HINT = (
-    "Re-export with the weights inside the file: torch.onnx.export(..., external_data=False), or "
-    "onnx.save(onnx.load('model.onnx'), 'model.onnx', save_as_external_data=False)."
+    "Upload a .zip holding the .onnx file and the data files it names, side by side (zip model.zip "
+    "model.onnx model.onnx.data), or re-export with the weights inside the file: torch.onnx.export(..., "
+    "external_data=False), or onnx.save(onnx.load('model.onnx'), 'model.onnx', save_as_external_data=False)."
 )
 
 
@@ -92,23 +94,37 @@ def refuse_external_data(model: Any) -> None:
             )
 
 
-def inline_external_data(model: Any, directory: Path) -> None:
-    """Read every external tensor of ``model`` into it, from files named by a plain file name in
-    ``directory`` (the model's own directory); any other location is refused. For local files only:
-    an uploaded model never brings files of its own along."""
+ExternalReader = Callable[[str], bytes | None]  # a data file's bytes by its plain name, None if absent
+
+
+def files_beside(directory: Path) -> ExternalReader:
+    """Reads the data files in ``directory`` (the model's own directory), nothing outside it."""
+    root = directory.resolve()
+
+    def read(name: str) -> bytes | None:
+        source = (root / name).resolve()
+        return source.read_bytes() if source.parent == root and source.is_file() else None
+
+    return read
+
+
+def inline_external_data(model: Any, read: ExternalReader, where: str = "beside the model") -> None:
+    """Read every external tensor of ``model`` into it, from data files named by a plain file name and
+    found by ``read``; any other location is refused. Each data file is read once."""
     from onnx import TensorProto, helper
 
-    root = directory.resolve()
+    files: dict[str, bytes | None] = {}
     for tensor in _all_tensors(model.graph):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         name = info.get("location", "")
-        source = (root / name).resolve()
-        if not name or Path(name).name != name or source.parent != root or not source.is_file():
+        if name and PurePosixPath(name).name == name and name not in files:
+            files[name] = read(name)
+        data = files.get(name)
+        if data is None:
             raise UnsupportedFormatError(
-                f"the ONNX tensor {tensor.name!r} is stored in {name!r}, which is not a file beside the "
-                "model.",
+                f"the ONNX tensor {tensor.name!r} is stored in {name!r}, which is not a file {where}.",
                 EXTERNAL_DATA_HINT,
             )
         # bytes = prod(dims) * itemsize
@@ -116,9 +132,7 @@ def inline_external_data(model: Any, directory: Path) -> None:
             math.prod(tensor.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
         )
         offset, length = int(info.get("offset", 0)), int(info.get("length", expected))
-        with open(source, "rb") as stream:
-            stream.seek(offset)
-            raw = stream.read(length)
+        raw = data[offset : offset + length]
         if length != expected or len(raw) != expected:
             raise CorruptModelError(
                 f"the ONNX tensor {tensor.name!r} needs {expected} bytes; {name!r} holds {len(raw)} at "

@@ -71,6 +71,24 @@ def test_a_job_is_followed_to_success_then_downloaded_and_reported(
     assert weights.read_bytes()[:8] and weights.stat().st_size > 0
 
 
+def test_an_onnx_model_with_its_weights_beside_it_is_sent_as_one_upload(
+    served: Served, model_and_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import torch
+
+    model, data = model_and_data
+    onnx_path = tmp_path / "net.onnx"
+    program = torch.export.load(model)  # a test fixture of our own, not an upload
+    torch.onnx.export(program, (), str(onnx_path), dynamo=True, external_data=True)
+    assert (tmp_path / "net.onnx.data").is_file()
+    job = Client(served.url).submit(onnx_path, dataset=data, config={"flops_ratio": 0.5})
+    assert job.data["model"]["format"] == "onnx" and job.data["model"]["filename"] == "net.zip"
+    job.wait(progress=False, timeout=120)
+    (tmp_path / "out").mkdir()
+    assert job.download(tmp_path / "out").name == "net.pruned.onnx"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx", "net.onnx.data", "out"]  # no zip left
+
+
 def test_download_resumes_with_range_after_the_connection_breaks(
     finished_job: FinishedJob, tmp_path: Path
 ) -> None:

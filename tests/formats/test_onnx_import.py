@@ -6,6 +6,7 @@ dynamic), so a passing load is already a numerical check; these tests add what t
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,49 @@ def test_external_data_outside_the_models_directory_is_refused(tmp_path: Path) -
     assert (tmp_path / "weights.bin").is_file()
     with pytest.raises(UnsupportedFormatError, match="not a file beside the model"):
         load_model(path, external_data=True)
+
+
+def _zip(archive: Path, entries: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        for name, data in entries.items():
+            out.writestr(name, data)
+    return archive
+
+
+def test_a_zip_of_the_onnx_file_and_its_external_data_loads(tmp_path: Path) -> None:
+    path, w = _external_linear(tmp_path, "model.onnx.data")
+    archive = _zip(
+        tmp_path / "model.zip",
+        {
+            "net/model.onnx": path.read_bytes(),
+            "net/model.onnx.data": (path.parent / "model.onnx.data").read_bytes(),
+            "__MACOSX/net/._model.onnx": b"\x00\x05\x16\x07",  # what macOS's Finder adds: not a model
+        },
+    )
+    (path.parent / "model.onnx.data").unlink()  # read from the archive, never from beside it
+    loaded = load_model(archive)
+    assert loaded.format == "onnx"
+    x = torch.randn(5, 4)
+    assert torch.allclose(loaded.program.module()(x), x @ torch.from_numpy(w), atol=1e-6)
+
+
+def test_a_zipped_onnx_file_reads_nothing_from_outside_its_archive(tmp_path: Path) -> None:
+    path, _ = _external_linear(tmp_path, "model.onnx.data")
+    alone = _zip(tmp_path / "alone.zip", {"model.onnx": path.read_bytes()})  # the data stays on disk
+    with pytest.raises(
+        UnsupportedFormatError, match=r"not a file beside 'model\.onnx' in the zip"
+    ) as refused:
+        load_model(alone)
+    assert "zip" in refused.value.hint
+    (tmp_path / "up").mkdir()
+    path, _ = _external_linear(tmp_path / "up", "../model.onnx.data")
+    escaping = _zip(tmp_path / "up.zip", {"a/model.onnx": path.read_bytes(), "model.onnx.data": b"\0" * 48})
+    with pytest.raises(UnsupportedFormatError, match="not a file beside"):
+        load_model(escaping)
+
+
+def test_a_zip_of_two_onnx_files_is_refused(tmp_path: Path) -> None:
+    path, _ = _external_linear(tmp_path, "model.onnx.data")
+    archive = _zip(tmp_path / "two.zip", {"a.onnx": path.read_bytes(), "b.onnx": path.read_bytes()})
+    with pytest.raises(UnsupportedFormatError, match="2 ONNX files"):
+        load_model(archive)

@@ -90,6 +90,7 @@ def _refused_files(tmp_path: Path) -> dict[str, tuple[bytes, str, str]]:
         "empty": (b"", "empty", export),
         "unknown bytes": (b"GIF89a" + bytes(range(256)) * 4, "none of the accepted formats", export),
         "truncated pt2": (pt2[: len(pt2) // 2], "truncated", "complete file"),
+        "two ONNX files zipped": (_zip({"a.onnx": b"x", "b.onnx": b"x"}), "2 ONNX files", "one .onnx"),
     }
 
 
@@ -135,6 +136,31 @@ def test_onnx_in_onnx_out_and_the_weights_alone(formats_api: Api, tmp_path: Path
     assert formats_api.client.get(url, params={"variant": "pruned"}).content == model.content  # no recovery
     assert_problem(formats_api.client.get(url, params={"format": "pt2"}), 404, "not-found")
     assert_problem(formats_api.client.get(url, params={"format": "h5"}), 422, "validation-error")
+
+
+def test_onnx_zipped_with_its_external_data(formats_api: Api, tmp_path: Path) -> None:
+    """``torch.onnx.export`` writes the weights beside the model by default: the two, zipped, are one
+    upload."""
+    import onnxruntime
+    import torch
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    example = torch.randn(2, 3, 8, 8)
+    dynamic = ({0: torch.export.Dim("batch")},)
+    torch.onnx.export(cnn(), (example,), str(folder / "net.onnx"), dynamo=True, dynamic_shapes=dynamic)
+    data = sorted(p.name for p in folder.iterdir() if p.name != "net.onnx")
+    assert data, "the exporter kept the weights inside the file: nothing to test"
+    archive = _zip({f"net/{p.name}": p.read_bytes() for p in folder.iterdir()})
+    response = submit(formats_api, archive, dataset=random_data(64), name="net.zip")
+    assert response.status_code == 202 and response.json()["model"]["format"] == "onnx"
+    outcome, job = run_job(formats_api, response.json()["id"])
+    assert outcome == "succeeded", job["error"]
+    model = formats_api.client.get(f"/jobs/{job['id']}/model")
+    assert 'filename="net.pruned.onnx"' in model.headers["content-disposition"]
+    session = onnxruntime.InferenceSession(model.content, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    assert session.run(None, {session.get_inputs()[0].name: x})[0].shape == (5, 10)
 
 
 def test_torchscript_in_pt2_out(formats_api: Api, tmp_path: Path) -> None:
