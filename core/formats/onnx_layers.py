@@ -20,6 +20,11 @@ from core.formats.onnx_spatial import same_pads, torch_pads
 from core.formats.onnx_values import Value, to_tensor
 
 _CONVS: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_TRANSPOSED: dict[int, type[nn.Module]] = {
+    1: nn.ConvTranspose1d,
+    2: nn.ConvTranspose2d,
+    3: nn.ConvTranspose3d,
+}
 
 
 class BatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -102,6 +107,54 @@ def _conv(node: NodeSpec, ctx: OpContext) -> Runtime:
     return lambda inputs: [run(inputs[0])]
 
 
+def _conv_transpose(node: NodeSpec, ctx: OpContext) -> Runtime:
+    """``ConvTranspose`` with explicit pads; asymmetric pads crop the full output (ONNX's
+    ``out = stride (in - 1) + output_padding + dilation (k - 1) + 1 - pad_begin - pad_end``)."""
+    weight = _weight(node, ctx, 1, "weight")
+    assert weight is not None
+    bias = _weight(node, ctx, 2, "bias")
+    rank = weight.ndim - 2
+    if rank not in _TRANSPOSED:
+        raise UnsupportedFormatError(
+            f"the ONNX ConvTranspose {node.name!r} is {rank}-D; 1-D to 3-D are supported."
+        )
+    if "output_shape" in node.attrs or str(node.attrs.get("auto_pad", "NOTSET")) != "NOTSET":
+        raise UnsupportedFormatError(
+            f"the ONNX ConvTranspose {node.name!r} sets output_shape or auto_pad; export it with explicit pads."
+        )
+    groups = int(node.attrs.get("group", 1))
+    pads = list(node.attrs.get("pads", [0] * (2 * rank)))
+    begin, end = pads[:rank], pads[rank:]
+    symmetric = begin == end
+    conv = _TRANSPOSED[rank](
+        weight.shape[0],
+        weight.shape[1] * groups,
+        list(weight.shape[2:]),
+        list(node.attrs.get("strides", [1] * rank)),
+        begin if symmetric else 0,
+        list(node.attrs.get("output_padding", [0] * rank)),
+        groups,
+        bias is not None,
+        list(node.attrs.get("dilations", [1] * rank)),
+    )
+    conv.weight = _parameter(weight)
+    if bias is not None:
+        conv.bias = _parameter(bias)
+    module = ctx.add_layer(
+        layer_name(node.inputs[1], node.inputs[2] if bias is not None else "", node.name), conv
+    )
+
+    def run(x_value: Value) -> Value:
+        y = module(to_tensor(x_value))
+        if symmetric:
+            return y
+        crop = [slice(None), slice(None)]
+        crop += [slice(b, size - e) for b, e, size in zip(begin, end, y.shape[2:], strict=True)]
+        return y[tuple(crop)]
+
+    return lambda inputs: [run(inputs[0])]
+
+
 def _linear(node: NodeSpec, ctx: OpContext) -> Runtime:
     """A fused ``Gemm`` / ``MatMul`` + ``Add`` (see :func:`core.formats.onnx_graph.fuse_linear`)."""
     weight: np.ndarray = node.attrs["weight"]
@@ -162,6 +215,7 @@ def _layer_norm(node: NodeSpec, ctx: OpContext) -> Runtime:
 
 LAYER_OPS: dict[str, Builder] = {
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
     "Linear": _linear,
     "BatchNormalization": _batch_norm,
     "LayerNormalization": _layer_norm,

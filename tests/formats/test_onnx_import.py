@@ -174,6 +174,30 @@ def test_resize_pad_and_pooling(tmp_path: Path) -> None:
     assert loaded.output_shape == (None, 4 * 14 * 14)
 
 
+@pytest.mark.parametrize("pads", [[1, 1, 1, 1], [0, 1, 1, 0]], ids=["symmetric", "asymmetric"])
+def test_transposed_convolutions_upsample_as_onnxruntime_does(tmp_path: Path, pads: list[int]) -> None:
+    """A decoder's ``ConvTranspose`` (grouped, strided, output padding) becomes a torch layer; load_model
+    compares it with onnxruntime at two batch sizes."""
+    nodes = [
+        helper.make_node(
+            "ConvTranspose",
+            ["x", "up.weight", "up.bias"],
+            ["y"],
+            strides=[2, 2],
+            pads=pads,
+            output_padding=[1, 1],
+            group=2,
+        ),
+        helper.make_node("Relu", ["y"], ["out"]),
+    ]
+    initializers = [_weight("up.weight", 4, 3, 3, 3), _weight("up.bias", 6)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 5, 5])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=13)
+    assert torch.ops.aten.conv_transpose2d.input in _targets(loaded)
+    full = 2 * 4 + 1 + 3  # stride (in - 1) + output_padding + k, before the pads
+    assert loaded.output_shape == (None, 6, full - pads[0] - pads[2], full - pads[1] - pads[3])
+
+
 def test_unsupported_operators_are_named(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("TopK", ["x", "k"], ["values", "indices"]),
