@@ -1,10 +1,10 @@
 """Which format a model file is in, judged from its bytes, never from its name.
 
 Accepted: ``pt2`` (a ``torch.export.save`` archive), ``onnx`` (an ONNX ``ModelProto``, or a zip
-holding one with the external data files it names) and ``torchscript`` (a ``torch.jit.save`` archive). Everything else is refused with a message that names
-what was found and says how to export instead. Detection reads zip entry names, magic bytes and
-protobuf fields; it never unpickles: a pickle is only scanned for the globals it names. An accepted
-archive has also passed the static checks of its loader (:func:`core.formats.pt2.read_pt2_archive`,
+holding one with the external data files it names) and ``torchscript`` (a ``torch.jit.save``
+archive). Everything else is refused with a message that names what was found and says how to export
+instead. Detection reads zip entry names, magic bytes and protobuf fields; it never unpickles: a pickle
+is only scanned for the globals it names. An accepted archive has also passed the static checks of its loader (:func:`core.formats.pt2.read_pt2_archive`,
 :func:`core.formats.torchscript.check_torchscript_archive`).
 """
 
@@ -175,9 +175,15 @@ def _inspect_zipped_onnx(
         if model is None or len(model.graph.node) == 0 or len(model.opset_import) == 0:
             raise CorruptModelError(f"the archive's {entry!r} is not a readable ONNX model.")
 
-        def read(name: str) -> bytes | None:
+        files: dict[str, bytes] = {}  # each data file decompressed once
+
+        def read(name: str, offset: int, length: int) -> bytes | None:
             key = folder + name
-            return read_entry(archive, key, limits.max_entry_bytes) if key in inventory.sizes else None
+            if key not in inventory.sizes:
+                return None
+            if key not in files:
+                files[key] = read_entry(archive, key, limits.max_entry_bytes)
+            return files[key][offset : offset + length]
 
         inline_external_data(model, read, where=f"beside {entry!r} in the zip archive")
     return Detection("onnx", inventory=inventory, onnx_model=model)

@@ -94,45 +94,45 @@ def refuse_external_data(model: Any) -> None:
             )
 
 
-ExternalReader = Callable[[str], bytes | None]  # a data file's bytes by its plain name, None if absent
+ExternalReader = Callable[[str, int, int], bytes | None]  # (file, offset, length) -> bytes, None: no file
 
 
 def files_beside(directory: Path) -> ExternalReader:
     """Reads the data files in ``directory`` (the model's own directory), nothing outside it."""
     root = directory.resolve()
 
-    def read(name: str) -> bytes | None:
+    def read(name: str, offset: int, length: int) -> bytes | None:
         source = (root / name).resolve()
-        return source.read_bytes() if source.parent == root and source.is_file() else None
+        if source.parent != root or not source.is_file():
+            return None
+        with open(source, "rb") as stream:
+            stream.seek(offset)
+            return stream.read(length)
 
     return read
 
 
 def inline_external_data(model: Any, read: ExternalReader, where: str = "beside the model") -> None:
     """Read every external tensor of ``model`` into it, from data files named by a plain file name and
-    found by ``read``; any other location is refused. Each data file is read once."""
+    found by ``read``; any other location is refused."""
     from onnx import TensorProto, helper
 
-    files: dict[str, bytes | None] = {}
     for tensor in _all_tensors(model.graph):
         if tensor.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in tensor.external_data}
         name = info.get("location", "")
-        if name and PurePosixPath(name).name == name and name not in files:
-            files[name] = read(name)
-        data = files.get(name)
-        if data is None:
-            raise UnsupportedFormatError(
-                f"the ONNX tensor {tensor.name!r} is stored in {name!r}, which is not a file {where}.",
-                EXTERNAL_DATA_HINT,
-            )
         # bytes = prod(dims) * itemsize
         expected = (
             math.prod(tensor.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
         )
         offset, length = int(info.get("offset", 0)), int(info.get("length", expected))
-        raw = data[offset : offset + length]
+        raw = read(name, offset, length) if name and PurePosixPath(name).name == name else None
+        if raw is None:
+            raise UnsupportedFormatError(
+                f"the ONNX tensor {tensor.name!r} is stored in {name!r}, which is not a file {where}.",
+                EXTERNAL_DATA_HINT,
+            )
         if length != expected or len(raw) != expected:
             raise CorruptModelError(
                 f"the ONNX tensor {tensor.name!r} needs {expected} bytes; {name!r} holds {len(raw)} at "
