@@ -4,8 +4,8 @@ Accepted: ``pt2`` (a ``torch.export.save`` archive), ``onnx`` (an ONNX ``ModelPr
 holding one with the external data files it names) and ``torchscript`` (a ``torch.jit.save``
 archive). Everything else is refused with a message that names what was found and says how to export
 instead. Detection reads zip entry names, magic bytes and protobuf fields; it never unpickles: a pickle
-is only scanned for the globals it names. An accepted archive has also passed the static checks of its loader (:func:`core.formats.pt2.read_pt2_archive`,
-:func:`core.formats.torchscript.check_torchscript_archive`).
+is only scanned for the globals it names. An accepted archive has also passed the static checks of its
+loader (:func:`core.formats.pt2.read_pt2_archive`, :func:`core.formats.torchscript.check_torchscript_archive`).
 """
 
 from __future__ import annotations
