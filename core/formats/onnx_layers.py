@@ -63,13 +63,32 @@ def layer_name(*candidates: str) -> str:
     return next((c for c in candidates if c), "layer")
 
 
-def _conv(node: NodeSpec, ctx: OpContext) -> Runtime:
+def _conv_weights(node: NodeSpec, ctx: OpContext) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """A ``Conv`` / ``ConvTranspose`` node's weight, bias and spatial rank (1 to 3)."""
     weight = _weight(node, ctx, 1, "weight")
     assert weight is not None
-    bias = _weight(node, ctx, 2, "bias")
     rank = weight.ndim - 2
     if rank not in _CONVS:
-        raise UnsupportedFormatError(f"the ONNX Conv {node.name!r} is {rank}-D; 1-D to 3-D are supported.")
+        raise UnsupportedFormatError(
+            f"the ONNX {node.op_type} {node.name!r} is {rank}-D; 1-D to 3-D are supported."
+        )
+    return weight, _weight(node, ctx, 2, "bias"), rank
+
+
+def _add_conv(
+    node: NodeSpec, ctx: OpContext, conv: nn.Module, weight: np.ndarray, bias: np.ndarray | None
+) -> nn.Module:
+    """``conv`` with the node's weight and bias, added to the module under the weight's name."""
+    conv.weight = _parameter(weight)
+    if bias is not None:
+        conv.bias = _parameter(bias)
+    return ctx.add_layer(
+        layer_name(node.inputs[1], node.inputs[2] if bias is not None else "", node.name), conv
+    )
+
+
+def _conv(node: NodeSpec, ctx: OpContext) -> Runtime:
+    weight, bias, rank = _conv_weights(node, ctx)
     groups = int(node.attrs.get("group", 1))
     kernel = list(weight.shape[2:])
     strides = list(node.attrs.get("strides", [1] * rank))
@@ -89,12 +108,7 @@ def _conv(node: NodeSpec, ctx: OpContext) -> Runtime:
         groups,
         bias is not None,
     )
-    conv.weight = _parameter(weight)
-    if bias is not None:
-        conv.bias = _parameter(bias)
-    module = ctx.add_layer(
-        layer_name(node.inputs[1], node.inputs[2] if bias is not None else "", node.name), conv
-    )
+    module = _add_conv(node, ctx, conv, weight, bias)
 
     def run(x_value: Value) -> Value:
         x = to_tensor(x_value)
@@ -110,14 +124,7 @@ def _conv(node: NodeSpec, ctx: OpContext) -> Runtime:
 def _conv_transpose(node: NodeSpec, ctx: OpContext) -> Runtime:
     """``ConvTranspose`` with explicit pads; asymmetric pads crop the full output (ONNX's
     ``out = stride (in - 1) + output_padding + dilation (k - 1) + 1 - pad_begin - pad_end``)."""
-    weight = _weight(node, ctx, 1, "weight")
-    assert weight is not None
-    bias = _weight(node, ctx, 2, "bias")
-    rank = weight.ndim - 2
-    if rank not in _TRANSPOSED:
-        raise UnsupportedFormatError(
-            f"the ONNX ConvTranspose {node.name!r} is {rank}-D; 1-D to 3-D are supported."
-        )
+    weight, bias, rank = _conv_weights(node, ctx)
     if "output_shape" in node.attrs or str(node.attrs.get("auto_pad", "NOTSET")) != "NOTSET":
         raise UnsupportedFormatError(
             f"the ONNX ConvTranspose {node.name!r} sets output_shape or auto_pad; export it with explicit pads."
@@ -137,12 +144,7 @@ def _conv_transpose(node: NodeSpec, ctx: OpContext) -> Runtime:
         bias is not None,
         list(node.attrs.get("dilations", [1] * rank)),
     )
-    conv.weight = _parameter(weight)
-    if bias is not None:
-        conv.bias = _parameter(bias)
-    module = ctx.add_layer(
-        layer_name(node.inputs[1], node.inputs[2] if bias is not None else "", node.name), conv
-    )
+    module = _add_conv(node, ctx, conv, weight, bias)
 
     def run(x_value: Value) -> Value:
         y = module(to_tensor(x_value))
