@@ -34,7 +34,7 @@ from core.sequential import sequential_refit
 
 Progress = Callable[[str, float], None]
 DOF_LAMBDA = 1e-3  # N(lambda) is reported at lambda = 1e-3 tr S: directions above 0.1% of the energy
-SENSITIVITY_SAMPLES = 256  # calibration samples on which each group's output error is probed
+SENSITIVITY_SAMPLES = 512  # calibration samples on which each group's output error is probed
 ACTIVATION_BUDGET = {"cpu": 1 << 30, "cuda": 4 << 30}  # bytes of activations per calibration batch
 
 

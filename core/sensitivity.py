@@ -28,7 +28,7 @@ from core.graph import ChannelGroup, GraphAnalysis
 from core.reconstruct import Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
 
-PROBE_FRACTIONS = (0.125, 0.25, 0.5, 0.75)  # probe widths, as fractions of a group's size
+PROBE_FRACTIONS = tuple(i / 8 for i in range(1, 8))  # probe widths, as fractions of a group's size
 Curve = np.ndarray  # (m + 1,) indexed by kept width k
 
 
