@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     auth_required: bool | None = None
 
     # Sandbox limits for the child process that loads and compresses one model.
-    job_memory_bytes: int = Field(default=8 * GIB, ge=256 * 1024**2)
+    job_memory_bytes: int = Field(default=12 * GIB, ge=256 * 1024**2)
     job_cpu_seconds: int = Field(default=6 * 3600, ge=1)
     job_wall_seconds: float = Field(default=3600.0, gt=0)
     job_output_bytes: int = Field(default=8 * GIB, ge=1024**2)
