@@ -126,7 +126,7 @@ def _inspect_zip(path: str | os.PathLike[str], limits: ArchiveLimits) -> Detecti
     if "data.pkl" in names:
         with open_zip(path) as archive:
             _refuse_pickle(read_entry(archive, f"{inventory.prefix}data.pkl", _SCAN_BYTES * 16))
-    if any(is_onnx_entry(name) for name in inventory.names):
+    if any(_is_onnx_entry(name) for name in inventory.names):
         return _inspect_zipped_onnx(path, inventory, limits)
     _refuse_foreign_zip(inventory)
     raise UnsupportedFormatError("a zip archive that holds no model in an accepted format.")
@@ -153,7 +153,7 @@ def _refuse_foreign_zip(inventory: ZipInventory) -> None:
         raise UnsupportedFormatError("a Keras .keras archive.", TF_HINT)
 
 
-def is_onnx_entry(name: str) -> bool:
+def _is_onnx_entry(name: str) -> bool:
     """A zip entry that is an ONNX file, not what macOS's Finder adds about one (``__MACOSX/``,
     ``._model.onnx``; ``app.sniff`` judges uploads the same way)."""
     base = name.rsplit("/", 1)[-1]
@@ -165,7 +165,7 @@ def _inspect_zipped_onnx(
 ) -> Detection:
     """One ONNX file zipped with the external data files it names, side by side: the data is read
     into the model from the archive (never from the file system)."""
-    models = [name for name in inventory.names if is_onnx_entry(name)]
+    models = [name for name in inventory.names if _is_onnx_entry(name)]
     if len(models) != 1:
         raise UnsupportedFormatError(f"a zip archive holding {len(models)} ONNX files.", ZIPPED_ONNX_HINT)
     entry = models[0]

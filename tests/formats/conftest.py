@@ -1,4 +1,4 @@
-"""Small real models, their exported programs, and a runner for fresh Python processes."""
+"""Small real models, their exported programs, zip archives, and a runner for fresh Python processes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,14 @@ def transformer() -> Case:
 @pytest.fixture(scope="session")
 def mlp() -> Case:
     return make_case("mlp")
+
+
+def write_zip(path: Path, entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> Path:
+    """A zip archive at ``path`` holding ``entries`` (name -> bytes)."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return path
 
 
 def run_fresh_python(code: str, cwd: Path, timeout: float = 180) -> Any:

@@ -17,13 +17,7 @@ from core.formats import (
     detect_format,
     load_model,
 )
-
-
-def _stored_zip(path: Path, entries: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
-    return path
+from tests.formats.conftest import write_zip
 
 
 def test_zip_bomb_is_stopped_early(tmp_path: Path) -> None:
@@ -46,7 +40,7 @@ def test_zip_bomb_is_stopped_early(tmp_path: Path) -> None:
 
 
 def test_total_size_is_counted_not_declared(tmp_path: Path) -> None:
-    path = _stored_zip(tmp_path / "big.zip", {"a": bytes(600), "b": bytes(600)})
+    path = write_zip(tmp_path / "big.zip", {"a": bytes(600), "b": bytes(600)}, zipfile.ZIP_STORED)
     check_zip(path, ArchiveLimits(max_total_bytes=1200))
     with pytest.raises(UnsafeArchiveError, match="expands past 1000"):
         check_zip(path, ArchiveLimits(max_total_bytes=1000))
@@ -55,7 +49,7 @@ def test_total_size_is_counted_not_declared(tmp_path: Path) -> None:
 
 
 def test_entry_count_is_limited(tmp_path: Path) -> None:
-    path = _stored_zip(tmp_path / "many.zip", {f"e{i}": b"x" for i in range(5)})
+    path = write_zip(tmp_path / "many.zip", {f"e{i}": b"x" for i in range(5)}, zipfile.ZIP_STORED)
     with pytest.raises(UnsafeArchiveError, match="5 entries"):
         check_zip(path, ArchiveLimits(max_entries=4))
 
@@ -73,7 +67,7 @@ def test_path_traversal_names_are_refused(tmp_path: Path, name: str) -> None:
 
 def test_overlapping_entries_are_refused(tmp_path: Path) -> None:
     """Two directory records pointing at the same bytes: the 'overlapping files' zip bomb."""
-    path = _stored_zip(tmp_path / "overlap.zip", {"a": bytes(4096)})
+    path = write_zip(tmp_path / "overlap.zip", {"a": bytes(4096)}, zipfile.ZIP_STORED)
     data = bytearray(path.read_bytes())
     end = data.rindex(b"PK\x05\x06")
     central_offset = struct.unpack_from("<I", data, end + 16)[0]
@@ -100,7 +94,7 @@ def test_duplicate_names_are_refused(tmp_path: Path) -> None:
 
 
 def test_declared_size_that_lies_is_corrupt(tmp_path: Path) -> None:
-    path = _stored_zip(tmp_path / "liar.zip", {"a": bytes(4096)})
+    path = write_zip(tmp_path / "liar.zip", {"a": bytes(4096)}, zipfile.ZIP_STORED)
     data = bytearray(path.read_bytes())
     central = data.rindex(b"PK\x01\x02")
     struct.pack_into("<I", data, central + 24, 16)  # uncompressed size: 16 instead of 4096
@@ -110,7 +104,7 @@ def test_declared_size_that_lies_is_corrupt(tmp_path: Path) -> None:
 
 
 def test_inventory_reports_prefix_and_sizes(tmp_path: Path) -> None:
-    path = _stored_zip(tmp_path / "ok.zip", {"model/a": b"xyz", "model/b/c": bytes(10)})
+    path = write_zip(tmp_path / "ok.zip", {"model/a": b"xyz", "model/b/c": bytes(10)}, zipfile.ZIP_STORED)
     inventory = check_zip(path)
     assert inventory.prefix == "model/"
     assert inventory.relative_names == frozenset({"a", "b/c"})

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import random
 import tarfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +21,11 @@ from core.formats import (
     load_model,
     save_model,
 )
+from tests.formats.conftest import write_zip
 
 
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
-    return path
-
-
-def _zip(path: Path, entries: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
     return path
 
 
@@ -77,7 +70,7 @@ def test_keras_h5_is_refused(tmp_path: Path) -> None:
 
 
 def test_keras_v3_archive_is_refused(tmp_path: Path) -> None:
-    path = _zip(
+    path = write_zip(
         tmp_path / "model.keras",
         {"config.json": b"{}", "metadata.json": b"{}", "model.weights.h5": b"\x89HDF"},
     )
@@ -86,7 +79,7 @@ def test_keras_v3_archive_is_refused(tmp_path: Path) -> None:
 
 def test_saved_model_in_zip_is_refused(tmp_path: Path) -> None:
     entries = {"export/saved_model.pb": b"\x08\x01", "export/variables/variables.index": b"x"}
-    error = _refusal(_zip(tmp_path / "model.zip", entries))
+    error = _refusal(write_zip(tmp_path / "model.zip", entries))
     assert "SavedModel" in error.reason and "tf2onnx" in error.hint
 
 
@@ -180,7 +173,7 @@ def test_torch_package_is_refused(tmp_path: Path) -> None:
         "pkg/.data/extern_modules": b"",
         "pkg/model/__init__.py": b"import os",
     }
-    assert "torch.package" in _refusal(_zip(tmp_path / "model.pt", entries)).reason
+    assert "torch.package" in _refusal(write_zip(tmp_path / "model.pt", entries)).reason
 
 
 def test_aot_inductor_package_is_refused(tmp_path: Path) -> None:
@@ -189,7 +182,7 @@ def test_aot_inductor_package_is_refused(tmp_path: Path) -> None:
         "m/archive_version": b"0",
         "m/data/aotinductor/model/model.so": b"\x7fELF",
     }
-    assert "AOTInductor" in _refusal(_zip(tmp_path / "model.pt2", entries)).reason
+    assert "AOTInductor" in _refusal(write_zip(tmp_path / "model.pt2", entries)).reason
 
 
 def test_onnx_detection_needs_a_graph(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ dynamic), so a passing load is already a numerical check; these tests add what t
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from core.errors import CalibrationError
 from core.formats import ExampleInputRequiredError, LoadedModel, UnsupportedFormatError, load_model
+from tests.formats.conftest import write_zip
 
 RNG = np.random.default_rng(0)
 
@@ -281,16 +281,9 @@ def test_external_data_outside_the_models_directory_is_refused(tmp_path: Path) -
         load_model(path, external_data=True)
 
 
-def _zip(archive: Path, entries: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
-        for name, data in entries.items():
-            out.writestr(name, data)
-    return archive
-
-
 def test_a_zip_of_the_onnx_file_and_its_external_data_loads(tmp_path: Path) -> None:
     path, w = _external_linear(tmp_path, "model.onnx.data")
-    archive = _zip(
+    archive = write_zip(
         tmp_path / "model.zip",
         {
             "net/model.onnx": path.read_bytes(),
@@ -307,7 +300,7 @@ def test_a_zip_of_the_onnx_file_and_its_external_data_loads(tmp_path: Path) -> N
 
 def test_a_zipped_onnx_file_reads_nothing_from_outside_its_archive(tmp_path: Path) -> None:
     path, _ = _external_linear(tmp_path, "model.onnx.data")
-    alone = _zip(tmp_path / "alone.zip", {"model.onnx": path.read_bytes()})  # the data stays on disk
+    alone = write_zip(tmp_path / "alone.zip", {"model.onnx": path.read_bytes()})  # the data stays on disk
     with pytest.raises(
         UnsupportedFormatError, match=r"not a file beside 'model\.onnx' in the zip"
     ) as refused:
@@ -315,13 +308,15 @@ def test_a_zipped_onnx_file_reads_nothing_from_outside_its_archive(tmp_path: Pat
     assert "zip" in refused.value.hint
     (tmp_path / "up").mkdir()
     path, _ = _external_linear(tmp_path / "up", "../model.onnx.data")
-    escaping = _zip(tmp_path / "up.zip", {"a/model.onnx": path.read_bytes(), "model.onnx.data": b"\0" * 48})
+    escaping = write_zip(
+        tmp_path / "up.zip", {"a/model.onnx": path.read_bytes(), "model.onnx.data": b"\0" * 48}
+    )
     with pytest.raises(UnsupportedFormatError, match="not a file beside"):
         load_model(escaping)
 
 
 def test_a_zip_of_two_onnx_files_is_refused(tmp_path: Path) -> None:
     path, _ = _external_linear(tmp_path, "model.onnx.data")
-    archive = _zip(tmp_path / "two.zip", {"a.onnx": path.read_bytes(), "b.onnx": path.read_bytes()})
+    archive = write_zip(tmp_path / "two.zip", {"a.onnx": path.read_bytes(), "b.onnx": path.read_bytes()})
     with pytest.raises(UnsupportedFormatError, match="2 ONNX files"):
         load_model(archive)

@@ -54,8 +54,9 @@ def save_pt2(model: Any, example_shape: tuple[int, ...], path: Path) -> Path:
     return path
 
 
-def save_onnx(model: Any, example_shape: tuple[int, ...], path: Path) -> Path:
-    """An ONNX file with its weights inside and a dynamic batch, as users export them."""
+def save_onnx(model: Any, example_shape: tuple[int, ...], path: Path, external_data: bool = False) -> Path:
+    """An ONNX file with a dynamic batch, as users export them: its weights inside, or with
+    ``external_data`` in ``<path>.data`` beside it (``torch.onnx.export``'s default)."""
     import torch
 
     example = torch.randn(2, *example_shape[1:])
@@ -64,7 +65,7 @@ def save_onnx(model: Any, example_shape: tuple[int, ...], path: Path) -> Path:
         (example,),
         str(path),
         dynamo=True,
-        external_data=False,
+        external_data=external_data,
         dynamic_shapes=({0: torch.export.Dim("batch")},),
     )
     return path
