@@ -29,7 +29,7 @@ from core.errors import ConfigError, UnsupportedModelError
 from core.graph import ChannelGroup, GraphAnalysis, analyse, probe_shapes
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.recovery import recover
-from core.selection import consumer_gram, greedy_select, losses, refit_map
+from core.selection import balanced, consumer_gram, greedy_select, losses, refit_map
 from core.sequential import sequential_refit
 
 Progress = Callable[[str, float], None]
@@ -122,10 +122,32 @@ def _consumer_weights(
         own = next(s for s, p in analysis.producers.items() if p.node == c.node)
         if own in kept:
             w = w.index_select(0, kept[own].to(w.device))
+        if c.groups > 1:
+            w = _dense(w, c.groups)
         for seg, offset in c.layout.offsets():
             if seg.space in g.spaces:
                 out.append(w.narrow(1, offset, seg.columns).reshape(w.shape[0], seg.length, -1))
     return out
+
+
+def _dense(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped convolution's weight (out, in / groups, ...) as the ungrouped one (out, in, ...) it
+    equals: zero outside each row block's own run of input channels."""
+    rows, per = w.shape[0] // groups, w.shape[1]
+    out = w.new_zeros(w.shape[0], per * groups, *w.shape[2:])
+    for b in range(groups):
+        out[b * rows : (b + 1) * rows, b * per : (b + 1) * per] = w[b * rows : (b + 1) * rows]
+    return out
+
+
+def _selected_moment(g: ChannelGroup, st: _GroupStats) -> torch.Tensor:
+    """The second moment selection works on: where a grouped convolution reads ``g``, the covariance
+    between its runs of channels is dropped, as each run is re-fitted from its own kept channels only."""
+    s = st.second_moment
+    if not any(c.groups > 1 for c in g.consumers):
+        return s
+    run = torch.arange(g.size, device=s.device) // (g.size // g.blocks)
+    return s * (run[:, None] == run[None, :])
 
 
 def _space_widths(groups: list[ChannelGroup], chosen: dict[str, int]) -> Widths:
@@ -158,22 +180,22 @@ def _allocate(
     if config.method == "spectral" and output_loss is not None:
         full = ratio({g.name: g.size for g in groups})
         unit = {
-            g.name: (full - ratio({g.name: 1})) / max(g.size - 1, 1) for g in groups
+            g.name: (full - ratio({g.name: g.blocks})) / max(g.size - g.blocks, 1) for g in groups
         }  # cost of one channel of g, the others whole
 
         def knob(t: float) -> dict[str, int]:
             return sensitivity.lagrangian_widths(groups, output_loss, unit, t)
 
-        def priority(name: str, k: int, added: float) -> float:
-            return float(output_loss[name][k] - output_loss[name][k + 1]) / max(added, 1e-12)
+        def priority(name: str, k: int, to: int, added: float) -> float:
+            return float(output_loss[name][k] - output_loss[name][to]) / max(added, 1e-12)
 
     elif config.method == "spectral":
 
         def knob(t: float) -> dict[str, int]:
             return widths.for_alpha(groups, retained, t)
 
-        def priority(name: str, k: int, added: float) -> float:
-            return float(retained[name][k + 1] - retained[name][k]) / max(added, 1e-12)
+        def priority(name: str, k: int, to: int, added: float) -> float:
+            return float(retained[name][to] - retained[name][k]) / max(added, 1e-12)
 
     else:
         sizes = {g.name: g.size for g in groups}
@@ -181,10 +203,10 @@ def _allocate(
         def knob(t: float) -> dict[str, int]:
             return widths.for_fraction(groups, t)
 
-        def priority(name: str, k: int, added: float) -> float:
+        def priority(name: str, k: int, to: int, added: float) -> float:
             return 1.0 - k / sizes[name]
 
-    floor = _space_widths(groups, {g.name: 1 for g in groups})
+    floor = _space_widths(groups, {g.name: g.blocks for g in groups})
     limiting = [
         c.weight.removesuffix(".weight")
         for c in sorted(cost.compute, key=lambda c: -(c.flops if by_flops else 0.0))
@@ -218,7 +240,8 @@ def _select(
         if config.method == "spectral":
             st = stats[g.name]
             gram = consumer_gram(_consumer_weights(gm, g, analysis, kept))
-            order = greedy_select(st.second_moment, gram, config.theta, st.tau, steps=k).order
+            moment = _selected_moment(g, st)
+            order = greedy_select(moment, gram, config.theta, st.tau, steps=k, blocks=g.blocks).order
         elif config.method == "l1":
             params = dict(gm.named_parameters())
             score = sum(
@@ -228,7 +251,7 @@ def _select(
         else:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
             order = torch.randperm(g.size, generator=gen)
-        chosen_idx = order[:k].sort().values.cpu()
+        chosen_idx = balanced(order, g.blocks)[:k].sort().values.cpu()
         for s in g.spaces:
             kept[s] = chosen_idx
     return kept
@@ -275,7 +298,7 @@ def _refits(groups: list[ChannelGroup], stats: dict[str, _GroupStats], kept: Kep
                     continue
                 s_obs = stats[g.name].by_observation[(c.observed, s)]
                 tau = ridge * float(torch.trace(s_obs)) / g.size
-                out[(c.weight, s)] = refit_map(s_obs, kept[s].to(s_obs.device), tau).cpu()
+                out[(c.weight, s)] = refit_map(s_obs, kept[s].to(s_obs.device), tau, c.groups).cpu()
     return out
 
 
@@ -296,7 +319,7 @@ def _layer_entry(
     mu = spectrum.eigenvalues(st.second_moment).cpu()
     trace = float(mu.sum())
     dof = spectrum.degrees_of_freedom(mu, DOF_LAMBDA * trace)
-    loss_a, loss_b = losses(st.second_moment, gram, indices.to(st.second_moment.device), st.tau)
+    loss_a, loss_b = losses(_selected_moment(g, st), gram, indices.to(st.second_moment.device), st.tau)
     return entry | {
         "eigenvalues": mu.tolist(),
         "dof": dof,
@@ -369,7 +392,8 @@ def _prune(
     }
     retained, orders = {}, {}
     for i, g in enumerate(prunable):
-        sel = greedy_select(stats[g.name].second_moment, grams[g.name], config.theta, stats[g.name].tau)
+        st = stats[g.name]
+        sel = greedy_select(_selected_moment(g, st), grams[g.name], config.theta, st.tau, blocks=g.blocks)
         retained[g.name] = np.array([sel.retained(k) for k in range(g.size + 1)])
         orders[g.name] = sel.order
         clock.report(0.25 * (i + 1) / max(len(prunable), 1))

@@ -6,6 +6,7 @@ tracer walks the graph in order and follows each space through the ops in ``core
 ops pass it on, parameterised ones (BatchNorm, depthwise conv, layer scales) are sliced with it,
 concats lay spaces side by side, flattens give each channel a block of columns, additive joins couple
 spaces (residual streams), and conv/linear layers consume it (their input weights are re-fitted). A
+grouped convolution splits the space it reads and the one it opens into equal runs (``blocks``). A
 space that reaches any op the tracer cannot prove safe is *poisoned*: left unpruned, with the reason.
 """
 
@@ -27,13 +28,15 @@ from core.layout import FIXED, Layout, Segment
 class ParamAxis:
     """Axis ``axis`` of parameter/buffer ``target`` carries the channels of ``layout``.
 
-    ``refit`` marks a consumer's input axis, re-fitted (``W' = W A_J``) rather than sliced.
+    ``refit`` marks a consumer's input axis, re-fitted (``W' = W A_J``) rather than sliced. ``groups``:
+    a grouped convolution's input axis, where each of ``groups`` row blocks reads its own run of channels.
     """
 
     target: str
     axis: int
     layout: Layout
     refit: bool = False
+    groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Consumer:
     """A conv/linear layer reading the channels of ``layout`` on its weight's input axis (1).
 
     ``observed`` is the node whose output is the layer's input: the statistics are gathered there.
+    ``groups`` > 1: a grouped convolution, whose output channels read only their own run of inputs.
     """
 
     node: str
@@ -48,6 +52,7 @@ class Consumer:
     layout: Layout
     observed: str
     kind: str  # "conv" | "linear"
+    groups: int = 1
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,11 @@ class Producer:
 
 @dataclass
 class ChannelGroup:
-    """Spaces that must keep the same channel indices (one, or several coupled by additive joins)."""
+    """Spaces that must keep the same channel indices (one, or several coupled by additive joins).
+
+    ``blocks`` > 1: a grouped convolution reads or writes them in that many equal runs of consecutive
+    channels, so every run keeps the same number (widths are multiples of ``blocks``).
+    """
 
     name: str
     spaces: list[int]
@@ -95,6 +104,7 @@ class ChannelGroup:
     consumers: list[Consumer]
     skipped: str | None = None
     coupling: str | None = None
+    blocks: int = 1
 
 
 @dataclass
@@ -184,6 +194,7 @@ class _Tracer:
         self.layouts: dict[fx.Node, Any] = {}
         self.uf = _UnionFind()
         self.poison: dict[int, str] = {}
+        self.blocks: dict[int, int] = {}  # space -> runs a grouped convolution splits it into
         self.additive: set[int] = set()
         self.producers: dict[int, Producer] = {}
         self.param_axes: dict[tuple[str, int], ParamAxis] = {}
@@ -221,12 +232,14 @@ class _Tracer:
             return str(node.target)
         return None
 
-    def _slice_param(self, node: Any, axis: int, layout: Layout, refit: bool = False) -> None:
+    def _slice_param(
+        self, node: Any, axis: int, layout: Layout, refit: bool = False, groups: int = 1
+    ) -> None:
         target = self._param(node)
         if target is None:
             return
         key = (target, axis)
-        entry = ParamAxis(target, axis, layout.moved(axis), refit)
+        entry = ParamAxis(target, axis, layout.moved(axis), refit, groups)
         old = self.param_axes.get(key)
         if old is not None and old != entry:
             self._poison(layout, f"parameter {target} is shared by differently laid-out channels")
@@ -239,6 +252,11 @@ class _Tracer:
         self.producers[space] = Producer(node.name, weight, size, position)
         self.uf.find(space)
         return Layout(axis=-1, segments=(Segment(space, size),))
+
+    def _split(self, layout: Layout, runs: int) -> None:
+        """Each space of ``layout`` is read or written in ``runs`` equal runs (a grouped convolution)."""
+        for s in layout.spaces:
+            self.blocks[s] = math.lcm(self.blocks.get(s, 1), runs)
 
     def _stop(self, node: fx.Node, why: str) -> None:
         for arg in node.all_input_nodes:
@@ -340,20 +358,19 @@ class _Tracer:
             self.layouts[node] = None
             self.compute.append(ComputeNode(node.name, weight, flops, None, None))
             return None
-        if groups > 1 and not depthwise:
-            self._poison(li, f"grouped convolution (groups={groups}) couples channels group by group")
-            self.layouts[node] = None
-            self.compute.append(ComputeNode(node.name, weight, flops, None, None))
-            return None
         inputs = None
         if li is not None:
             if li.axis != 1 or li.blocked:
                 self._poison(li, "convolution over a non-channel axis")
+            elif groups > 1 and len(li.segments) > 1:
+                self._poison(li, f"grouped convolution (groups={groups}) over channels of several layers")
             else:
                 inputs = li.moved(1)
-                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "conv"))
-                self._slice_param(w, 1, inputs, refit=True)
+                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "conv", groups))
+                self._slice_param(w, 1, inputs, refit=True, groups=groups)
+                self._split(li, groups)
         out = self._new_space(node, weight, out_ch, position).moved(1)
+        self._split(out, groups)
         self._slice_param(w, 0, out)
         self._slice_param(b, 0, out)
         self.compute.append(ComputeNode(node.name, weight, flops, inputs, out.moved(0)))
@@ -618,7 +635,10 @@ class _Tracer:
                 skipped = "no layer consumes its channels"
             name = first.name if len(spaces) == 1 else f"{first.name}+{len(spaces) - 1}"
             position = max(self.producers[s].position for s in spaces)
-            group = ChannelGroup(name, spaces, first.size, position, consumers, skipped, coupling)
+            blocks = math.lcm(*(self.blocks.get(s, 1) for s in spaces))
+            if skipped is None and first.size % blocks:
+                skipped = f"grouped convolutions split its {first.size} channels into {blocks} runs"
+            group = ChannelGroup(name, spaces, first.size, position, consumers, skipped, coupling, blocks)
             for s in spaces:
                 index[s] = len(groups)
             groups.append(group)

@@ -369,7 +369,10 @@ class _Layer:
 
 
 def _layer(gm: fx.GraphModule, c: Consumer) -> _Layer | None:
-    """Consumer ``c`` as a layer an output-level fit handles: a 2-D convolution or a linear layer."""
+    """Consumer ``c`` as a layer an output-level fit handles: a 2-D (ungrouped) convolution or a linear
+    layer."""
+    if c.groups > 1:
+        return None
     node = next(n for n in gm.graph.nodes if n.name == c.node)
     if c.kind == "linear":
         bias = node.args[2] if len(node.args) > 2 else None

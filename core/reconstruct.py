@@ -3,6 +3,8 @@
 Producer rows, BatchNorm entries, depthwise kernels and per-channel scales keep the indices ``J``.
 A consumer's input axis becomes ``W' = W A_J`` (per kernel position for a conv, per ``H*W`` block after a
 flatten) when a re-fit map is given, else it keeps the columns ``J`` (the L1 and random baselines).
+A grouped convolution's input axis holds, for each block of output rows, only its own run of channels:
+each block takes its run's part of ``A_J`` (block diagonal) or of ``J``.
 A space that keeps every channel is left exactly as it was.
 """
 
@@ -13,6 +15,7 @@ from torch import fx, nn
 
 from core.graph import GraphAnalysis, ParamAxis
 from core.layout import FIXED
+from core.selection import runs
 
 Kept = dict[int, torch.Tensor]  # space -> sorted kept indices (absent: keeps everything)
 Refits = dict[tuple[str, int], torch.Tensor]  # (consumer weight, space) -> A_J (m x k)
@@ -20,6 +23,8 @@ Refits = dict[tuple[str, int], torch.Tensor]  # (consumer weight, space) -> A_J 
 
 def _edit_axis(t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits) -> torch.Tensor:
     """Edit one axis for the spaces in ``kept``."""
+    if pa.groups > 1:
+        return _edit_grouped(t, pa, kept, refits)
     pieces = []
     for seg, offset in pa.layout.offsets():
         part = t.narrow(pa.axis, offset, seg.length * seg.block)
@@ -34,6 +39,24 @@ def _edit_axis(t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits) -> to
             cols = (keep[:, None] * seg.block + torch.arange(seg.block)).flatten()  # channel j -> its block
             pieces.append(part.index_select(pa.axis, cols.to(t.device)))
     return torch.cat(pieces, dim=pa.axis)
+
+
+def _edit_grouped(t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits) -> torch.Tensor:
+    """A grouped convolution's input axis (one space): row block b keeps or re-fits its run b."""
+    (seg,) = pa.layout.segments
+    keep = kept.get(seg.space)
+    if keep is None:
+        return t
+    refit = refits.get((pa.target, seg.space))
+    rows = t.shape[0] // pa.groups
+    pieces = []
+    for b, (f, j) in enumerate(runs(seg.length, keep, pa.groups)):
+        part = t.narrow(0, b * rows, rows)
+        if refit is not None:
+            pieces.append(_apply_refit(part, pa.axis, refit[f][:, j], 1))
+        else:
+            pieces.append(part.index_select(pa.axis, (keep[j] - int(f[0])).to(t.device)))
+    return torch.cat(pieces, dim=0)
 
 
 def _apply_refit(part: torch.Tensor, axis: int, a: torch.Tensor, block: int) -> torch.Tensor:

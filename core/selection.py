@@ -4,11 +4,14 @@ With ``R = S`` and ``J = {}``, each step adds the channel ``k`` maximising
 ``(theta ||R[:,k]||^2 + (1-theta) R[:,k]^T G R[:,k]) / (R_kk + tau)`` and updates
 ``R <- R - R[:,k] R[k,:] / (R_kk + tau)``. ``G = W^T W`` (scaled to trace m) folds the consumers'
 weights in, so ``tr(R)`` is the input-aware loss ``L_A`` and ``tr(G R)`` the output-aware ``L_B``.
-Every step is O(m^2); no inverse per candidate.
+Every step is O(m^2); no inverse per candidate. Where a grouped convolution splits the channels into
+``blocks`` equal runs, a pick may come only from a run with the fewest picks so far, so every width
+that is a multiple of ``blocks`` keeps the same number from each run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,10 +43,18 @@ def consumer_gram(weights: list[torch.Tensor]) -> torch.Tensor:
 
 
 def greedy_select(
-    s: torch.Tensor, g: torch.Tensor | None, theta: float, tau: float, steps: int | None = None
+    s: torch.Tensor,
+    g: torch.Tensor | None,
+    theta: float,
+    tau: float,
+    steps: int | None = None,
+    blocks: int = 1,
 ) -> Selection:
-    """Run greedy selection on second moment ``s`` (m x m, float64) for ``steps`` picks (default m)."""
+    """Run greedy selection on second moment ``s`` (m x m, float64) for ``steps`` picks (default m),
+    in turn from ``blocks`` equal runs of channels."""
     m = s.shape[0]
+    run = torch.arange(m, device=s.device) // (m // blocks)  # the run each channel belongs to
+    count = torch.zeros(blocks, dtype=torch.long, device=s.device)
     steps = m if steps is None else min(steps, m)
     r = s.clone()
     g = torch.eye(m, dtype=s.dtype, device=s.device) if g is None else g
@@ -57,8 +68,9 @@ def greedy_select(
         if la[-1] <= 1e-12 * trace:  # the rest is explained: no pick changes anything
             break
         gain = (theta * col_a + (1 - theta) * col_b) / (torch.diagonal(r) + tau)
-        gain = gain.masked_fill(picked, -torch.inf)
+        gain = gain.masked_fill(picked | (count[run] > count.min()), -torch.inf)
         k = int(torch.argmax(gain))
+        count[run[k]] += 1
         v = r[:, k].clone()
         d = float(v[k]) + tau
         rv, gv = r @ v, g @ v
@@ -73,16 +85,63 @@ def greedy_select(
         lb.append(lb[-1] - vgv / d)
     rest = torch.nonzero(~picked).flatten()
     rest = rest[torch.argsort(torch.diagonal(r)[rest], descending=True)]
-    full = torch.cat([torch.tensor(order, dtype=torch.long, device=s.device), rest])
+    full = balanced(torch.cat([torch.tensor(order, dtype=torch.long, device=s.device), rest]), blocks)
     pad = m + 1 - len(la)
     loss_a = torch.tensor(la + [max(la[-1], 0.0)] * pad, dtype=torch.float64).clamp_min(0.0)
     loss_b = torch.tensor(lb + [max(lb[-1], 0.0)] * pad, dtype=torch.float64).clamp_min(0.0)
     return Selection(full.cpu(), loss_a, loss_b, trace)
 
 
-def refit_map(s: torch.Tensor, kept: torch.Tensor, tau: float) -> torch.Tensor:
-    """``A_J = S_FJ (S_JJ + tau I)^-1`` (m x |J|): the kept channels' best linear stand-in for all."""
+def balanced(order: torch.Tensor, blocks: int) -> torch.Tensor:
+    """``order`` re-ranked so each prefix whose length is a multiple of ``blocks`` holds as many channels
+    of each run (of ``m / blocks`` consecutive ones): each pass takes every run's next channel, in
+    ``order``'s rank. An order that already has this property comes back unchanged."""
+    if blocks == 1:
+        return order
+    run = order // (len(order) // blocks)
+    rank = torch.empty_like(order)
+    for b in range(blocks):
+        mine = run == b
+        rank[mine] = torch.arange(int(mine.sum()), device=order.device)  # its place within its run
+    key = rank * len(order) + torch.arange(len(order), device=order.device)  # pass, then original rank
+    return order[torch.argsort(key)]
+
+
+def runs(m: int, kept: torch.Tensor, blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per run of ``m / blocks`` consecutive channels: its channels and the positions in ``kept`` of
+    those it keeps."""
+    size = m // blocks
+    owner = kept.cpu() // size
+    return [
+        (torch.arange(b * size, (b + 1) * size), torch.nonzero(owner == b).flatten()) for b in range(blocks)
+    ]
+
+
+def refit_map(s: torch.Tensor, kept: torch.Tensor, tau: float, blocks: int = 1) -> torch.Tensor:
+    """``A_J = S_FJ (S_JJ + tau I)^-1`` (m x |J|): the kept channels' best linear stand-in for all; with
+    ``blocks``, block diagonal: each run of channels from its own kept ones (a grouped convolution's)."""
+    if blocks > 1:
+        return block_diagonal(
+            s.shape[0], kept, blocks, lambda f, j: refit_map(s[f][:, f], kept[j] - int(f[0]), tau)
+        )
     return ridge_solve(s[kept][:, kept], s[:, kept].T.contiguous(), tau).T  # A^T = (S_JJ + tau I)^-1 S_JF
+
+
+def block_diagonal(
+    m: int,
+    kept: torch.Tensor,
+    blocks: int,
+    solve: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The (m x |J|) map whose block for each run is ``solve(its channels, its positions in kept)``."""
+    out: torch.Tensor | None = None
+    for f, j in runs(m, kept, blocks):
+        part = solve(f, j)
+        if out is None:
+            out = part.new_zeros(m, len(kept))
+        out[f.to(part.device)[:, None], j.to(part.device)[None, :]] = part
+    assert out is not None
+    return out
 
 
 def ridge_solve(gram: torch.Tensor, rhs: torch.Tensor, tau: float) -> torch.Tensor:

@@ -70,8 +70,10 @@ def _tensors(value: object) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
-def probe_widths(size: int) -> list[int]:
-    return sorted({max(1, min(size - 1, round(f * size))) for f in PROBE_FRACTIONS if size > 1})
+def probe_widths(size: int, blocks: int = 1) -> list[int]:
+    """The widths probed: ``PROBE_FRACTIONS`` of ``size``, in multiples of ``blocks``."""
+    runs = size // blocks
+    return sorted({blocks * max(1, min(runs - 1, round(f * runs))) for f in PROBE_FRACTIONS if runs > 1})
 
 
 def output_curves(
@@ -93,7 +95,7 @@ def output_curves(
     energy = sum(float((r**2).sum()) for r in reference)
     curves = {}
     for i, g in enumerate(groups):
-        ks = probe_widths(g.size)
+        ks = probe_widths(g.size, g.blocks)
         probes = [orders[g.name][:k].sort().values for k in ks]
         errors = _probe(gm, analysis, g, probes, refits_for, batches, reference)
         ratios = [
@@ -137,11 +139,12 @@ def lagrangian_widths(
 ) -> dict[str, int]:
     """Per group, ``argmin_k D_g(k) + lam c_g k`` with ``lam = 10^(8 - 16 t)``: cost rises with t.
 
-    ``c_g`` is the cost (as a fraction of the whole) of one of ``g``'s channels.
+    ``c_g`` is the cost (as a fraction of the whole) of one of ``g``'s channels; k runs over multiples
+    of the group's ``blocks``.
     """
     lam = 10.0 ** (8.0 - 16.0 * t)
     out = {}
     for g in groups:
-        k = np.arange(1, g.size + 1)
-        out[g.name] = int(k[np.argmin(curves[g.name][1:] + lam * unit_cost[g.name] * k)])
+        k = np.arange(g.blocks, g.size + 1, g.blocks)
+        out[g.name] = int(k[np.argmin(curves[g.name][k] + lam * unit_cost[g.name] * k)])
     return out

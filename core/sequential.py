@@ -34,7 +34,7 @@ from core.layout import Layout
 from core.output_fit import OutputFit, plan
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
-from core.selection import ridge_solve
+from core.selection import block_diagonal, ridge_solve
 
 CACHE_BYTES = 1 << 30  # activations kept between layers (per network), to resume passes midway
 STEP_BYTES = 1 << 30  # captured values a step keeps for its majorisation passes, which read the same
@@ -144,8 +144,10 @@ def _cross_fit(
     ridge: float,
     fits: list[OutputFit],
     rectified: bool,
+    grouped: dict[str, int],
 ) -> dict[tuple[str, int], torch.Tensor]:
-    """``A`` per (observed node, narrowed space) by ridge regression of original on pruned activations;
+    """``A`` per (observed node, narrowed space) by ridge regression of original on pruned activations
+    (block diagonal where a convolution with ``grouped[node]`` groups reads the node);
     the output-level ``fits`` are fed from the same passes, which hold what the ``rectified`` ones'
     majorisation passes will read again."""
     widths = {s: len(j) for s, j in kept.items()}
@@ -170,8 +172,20 @@ def _cross_fit(
     maps = {}
     for key, s in gram.items():
         tau = ridge * energy[key] / cross[key].shape[0]  # tau = ridge tr(S) / m, as the independent re-fit
-        maps[key] = ridge_solve(s, cross[key].T.contiguous(), tau).T  # A = C (S' + tau I)^-1
+        maps[key] = _cross_map(s, cross[key], tau, kept[key[1]], grouped.get(key[0], 1))
     return maps
+
+
+def _cross_map(
+    gram: torch.Tensor, cross: torch.Tensor, tau: float, kept: torch.Tensor, blocks: int
+) -> torch.Tensor:
+    """``A = C (S' + tau I)^-1``; with ``blocks``, each run of channels from its own kept ones only."""
+    return block_diagonal(
+        cross.shape[0],
+        kept,
+        blocks,
+        lambda f, j: ridge_solve(gram[j][:, j], cross[f][:, j].T.contiguous(), tau).T,
+    )
 
 
 def _majorise(passes: _Passes, fits: list[OutputFit], steps: int) -> None:
@@ -241,7 +255,8 @@ def sequential_refit(
         step, steps[i] = steps[i], _Step([], [])
         passes = _Passes(cursors, start, batches, STEP_BYTES)
         observed = _observed(analysis, step.by_channel)
-        maps = _cross_fit(passes, observed, kept, ridge, step.fits, rectified_steps > 0)
+        grouped = {c.observed: c.groups for c in step.by_channel if c.groups > 1}
+        maps = _cross_fit(passes, observed, kept, ridge, step.fits, rectified_steps > 0, grouped)
         _majorise(passes, step.fits, rectified_steps)
         del passes  # what it held
         new = _refitted(original, analysis, kept, step, maps)

@@ -13,6 +13,7 @@ from tests.core import models
 FAMILIES = {
     "vgg": (models.VGGLike, (3, 16, 16)),
     "resnet": (models.ResNetLike, (3, 16, 16)),
+    "resnext": (models.ResNeXtLike, (3, 16, 16)),
     "densenet": (models.DenseNetLike, (3, 16, 16)),
     "mobilenet": (models.MobileNetLike, (3, 32, 32)),
     "transformer": (models.TinyTransformer, (6, 12)),

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from core import CompressionConfig, compress
-from core.selection import greedy_select, losses, refit_map, ridge_solve
+from core.selection import balanced, greedy_select, losses, refit_map, ridge_solve
 from core.spectrum import bias_lambda, degrees_of_freedom, eigenvalues, theory_width
 from tests.core import models
 
@@ -126,3 +126,29 @@ def test_ridge_solve_matches_the_exact_solve_and_survives_rounding_indefinitenes
         torch.linalg.cholesky(skewed + 1e-6 * torch.eye(3, dtype=torch.float64))
     solved = ridge_solve(skewed, torch.ones(3, 1, dtype=torch.float64), 1e-6)
     assert torch.isfinite(solved).all() and solved[1, 0] == pytest.approx(1.0, rel=1e-2)
+
+
+def test_greedy_in_runs_keeps_every_run_equal_and_explains_within_runs() -> None:
+    """With ``blocks`` runs, each width that is a multiple of ``blocks`` keeps as many of each run,
+    and on a block-diagonal second moment the losses are those of the block-diagonal re-fit."""
+    blocks, m = 3, 12
+    parts = [_moment(m=4, rank=3, seed=b) for b in range(blocks)]  # rank 3 per run: one channel redundant
+    s = torch.block_diag(*parts)
+    sel = greedy_select(s, None, theta=1.0, tau=1e-9, blocks=blocks)
+    for k in range(blocks, m + 1, blocks):
+        per_run = torch.bincount(sel.order[:k] // 4, minlength=blocks)
+        assert per_run.tolist() == [k // blocks] * blocks
+        kept = sel.order[:k].sort().values
+        a = refit_map(s, kept, 1e-9, blocks)
+        for b in range(blocks):  # no run borrows from another
+            rows = slice(4 * b, 4 * b + 4)
+            assert torch.all(a[rows][:, kept // 4 != b] == 0)
+        assert float(sel.loss_input[k]) == pytest.approx(float(torch.trace(s - a @ s[kept])), abs=1e-7)
+    assert float(sel.loss_input[9]) < 1e-6 * float(torch.trace(s))  # three per run explain each rank-3 run
+
+
+def test_balanced_order_takes_each_run_in_turn() -> None:
+    order = torch.tensor([0, 1, 2, 3, 6, 7, 4, 5])  # runs of two: {0,1} {2,3} {4,5} {6,7}
+    assert balanced(order, 1).tolist() == order.tolist()
+    assert balanced(order, 4).tolist() == [0, 2, 6, 4, 1, 3, 7, 5]
+    assert balanced(balanced(order, 4), 4).tolist() == [0, 2, 6, 4, 1, 3, 7, 5]
