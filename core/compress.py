@@ -99,7 +99,7 @@ def _observations(analysis: GraphAnalysis, groups: list[ChannelGroup]) -> list[O
     for g in groups:
         for c in g.consumers:
             rank = len(analysis.shapes[c.observed])
-            layouts[c.observed] = c.layout.moved(1 if c.kind == "conv" else rank - 1)
+            layouts[c.observed] = c.layout.moved(rank - 1 if c.kind == "linear" else 1)
             spaces.setdefault(c.observed, set()).update(set(g.spaces) & c.layout.spaces)
     return [Observation(node, layouts[node], frozenset(s)) for node, s in spaces.items()]
 
@@ -119,6 +119,8 @@ def _consumer_weights(
     out = []
     for c in g.consumers:
         w = params[c.weight].detach().double()
+        if c.kind == "conv_transpose":
+            w = w.transpose(0, 1)  # (in, out, *kernel) -> (out, in, *kernel)
         own = next(s for s, p in analysis.producers.items() if p.node == c.node)
         if own in kept:
             w = w.index_select(0, kept[own].to(w.device))
@@ -245,7 +247,13 @@ def _select(
         elif config.method == "l1":
             params = dict(gm.named_parameters())
             score = sum(
-                params[analysis.producers[s].weight].detach().abs().flatten(1).sum(1) for s in g.spaces
+                params[analysis.producers[s].weight]
+                .detach()
+                .abs()
+                .movedim(analysis.producers[s].axis, 0)
+                .flatten(1)
+                .sum(1)
+                for s in g.spaces
             )
             order = torch.argsort(torch.as_tensor(score), descending=True, stable=True)
         else:

@@ -41,7 +41,8 @@ class ParamAxis:
 
 @dataclass(frozen=True)
 class Consumer:
-    """A conv/linear layer reading the channels of ``layout`` on its weight's input axis (1).
+    """A conv/linear layer reading the channels of ``layout`` on its weight's input axis (1; 0 for a
+    transposed convolution, ``kind`` "conv_transpose").
 
     ``observed`` is the node whose output is the layer's input: the statistics are gathered there.
     ``groups`` > 1: a grouped convolution, whose output channels read only their own run of inputs.
@@ -51,7 +52,7 @@ class Consumer:
     weight: str
     layout: Layout
     observed: str
-    kind: str  # "conv" | "linear"
+    kind: str  # "conv" | "conv_transpose" | "linear"
     groups: int = 1
 
 
@@ -83,6 +84,7 @@ class Producer:
     weight: str
     size: int
     position: int  # topological index, to process from the output side inward
+    axis: int = 0  # the weight's output-channel axis (1 for a transposed convolution)
 
     @property
     def name(self) -> str:
@@ -247,9 +249,9 @@ class _Tracer:
             return
         self.param_axes[key] = entry
 
-    def _new_space(self, node: fx.Node, weight: str, size: int, position: int) -> Layout:
+    def _new_space(self, node: fx.Node, weight: str, size: int, position: int, axis: int = 0) -> Layout:
         space = len(self.producers)
-        self.producers[space] = Producer(node.name, weight, size, position)
+        self.producers[space] = Producer(node.name, weight, size, position, axis)
         self.uf.find(space)
         return Layout(axis=-1, segments=(Segment(space, size),))
 
@@ -283,7 +285,7 @@ class _Tracer:
 
     def _visit(self, node: fx.Node, position: int) -> None:
         t = node.target
-        if t in ops.CONV:
+        if t in ops.CONV or t in ops.CONV_TRANSPOSE:
             self._conv(node, position)
         elif t in ops.LINEAR:
             self._linear(node, position)
@@ -332,14 +334,15 @@ class _Tracer:
         x, w, b = args[0], args[1], args[2] if len(args) > 2 else node.kwargs.get("bias")
         if node.target is ops.aten.convolution.default:
             transposed, groups = bool(args[6]), int(args[8])
-        else:
+        else:  # convNd and conv_transposeNd both take groups at position 6
             groups_arg: Any = args[6] if len(args) > 6 else node.kwargs.get("groups", 1)
-            transposed, groups = False, int(groups_arg)
+            transposed, groups = node.target in ops.CONV_TRANSPOSE, int(groups_arg)
         weight = self._param(w)
         li = self._layout(x)
-        if weight is None or transposed or self.weight_uses.get(weight, 0) > 1:
-            why = "transposed convolution" if transposed else "its weight is not a parameter of its own"
-            return self._stop(node, why)
+        if weight is None or self.weight_uses.get(weight, 0) > 1:
+            return self._stop(node, "its weight is not a parameter of its own")
+        if transposed:
+            return self._conv_transpose(node, position, weight, groups)
         wshape = self._shape(w)
         out_ch, in_per_group = wshape[0], wshape[1]
         flops = 2.0 * math.prod(wshape) * math.prod(self._shape(node)[2:])
@@ -374,6 +377,31 @@ class _Tracer:
         self._slice_param(w, 0, out)
         self._slice_param(b, 0, out)
         self.compute.append(ComputeNode(node.name, weight, flops, inputs, out.moved(0)))
+        self.layouts[node] = out
+        return None
+
+    def _conv_transpose(self, node: fx.Node, position: int, weight: str, groups: int) -> None:
+        """A transposed convolution: its weight is (in, out, *kernel), and every input position spreads a
+        whole kernel, so it reads its input channels on weight axis 0 and writes a space on axis 1."""
+        x, w = _args(node)[0], _args(node)[1]
+        b = _args(node)[2] if len(_args(node)) > 2 else node.kwargs.get("bias")
+        if groups > 1:
+            return self._stop(node, f"grouped transposed convolution (groups={groups})")
+        wshape = self._shape(w)
+        flops = 2.0 * math.prod(wshape) * math.prod(self._shape(x)[2:])  # per input position, a kernel
+        li = self._layout(x)
+        inputs = None
+        if li is not None:
+            if li.axis != 1 or li.blocked:
+                self._poison(li, "convolution over a non-channel axis")
+            else:
+                inputs = li.moved(0)
+                self.consumers.append(Consumer(node.name, weight, inputs, x.name, "conv_transpose"))
+                self._slice_param(w, 0, inputs, refit=True)
+        out = self._new_space(node, weight, wshape[1], position, axis=1).moved(1)
+        self._slice_param(w, 1, out)
+        self._slice_param(b, 0, out)
+        self.compute.append(ComputeNode(node.name, weight, flops, inputs, out))
         self.layouts[node] = out
         return None
 

@@ -18,6 +18,7 @@ CONV = {
     aten.conv3d.default,
     aten.convolution.default,
 }
+CONV_TRANSPOSE = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 LINEAR = {aten.linear.default}
 
 # batch norm in inference form: (input, weight, bias, running_mean, running_var, ...)

@@ -369,9 +369,9 @@ class _Layer:
 
 
 def _layer(gm: fx.GraphModule, c: Consumer) -> _Layer | None:
-    """Consumer ``c`` as a layer an output-level fit handles: a 2-D (ungrouped) convolution or a linear
-    layer."""
-    if c.groups > 1:
+    """Consumer ``c`` as a layer an output-level fit handles: a 2-D (ungrouped, not transposed)
+    convolution or a linear layer."""
+    if c.groups > 1 or c.kind == "conv_transpose":
         return None
     node = next(n for n in gm.graph.nodes if n.name == c.node)
     if c.kind == "linear":

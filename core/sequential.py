@@ -96,7 +96,7 @@ def _observed(analysis: GraphAnalysis, consumers: list[Consumer]) -> dict[str, L
     out = {}
     for c in consumers:
         rank = len(analysis.shapes[c.observed])
-        out[c.observed] = c.layout.moved(1 if c.kind == "conv" else rank - 1)
+        out[c.observed] = c.layout.moved(rank - 1 if c.kind == "linear" else 1)
     return out
 
 

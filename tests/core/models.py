@@ -101,6 +101,23 @@ class ResNeXtLike(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class UNetLike(nn.Module):
+    """An encoder, a transposed convolution that upsamples, its output concatenated with the skip."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.inner = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU())
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.merge = nn.Sequential(nn.Conv2d(32, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.down(x)
+        x = torch.cat([skip, F.relu(self.up(self.inner(skip)))], dim=1)
+        return self.head(F.adaptive_avg_pool2d(self.merge(x), 1).flatten(1))
+
+
 class DenseLayer(nn.Module):
     def __init__(self, cin: int, growth: int) -> None:
         super().__init__()

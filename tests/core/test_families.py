@@ -17,6 +17,7 @@ FAMILIES = {
     "densenet": (models.DenseNetLike, (3, 16, 16)),
     "mobilenet": (models.MobileNetLike, (3, 32, 32)),
     "transformer": (models.TinyTransformer, (6, 12)),
+    "unet": (models.UNetLike, (3, 16, 16)),
 }
 
 
@@ -37,12 +38,14 @@ def _direct_flops(program: torch.export.ExportedProgram) -> float:
     total = 0.0
     aten = torch.ops.aten
     for node in program.graph.nodes:
-        if node.target not in (aten.conv2d.default, aten.linear.default):
+        if node.target not in (aten.conv2d.default, aten.conv_transpose2d.input, aten.linear.default):
             continue
         out = node.meta["val"].shape
         w = node.args[1].meta["val"].shape
         per_sample_rows = math.prod(int(d) for d in out[1:-1]) if node.target is aten.linear.default else 1
         spatial = math.prod(int(d) for d in out[2:]) if node.target is aten.conv2d.default else 1
+        if node.target is aten.conv_transpose2d.input:  # every input position spreads a whole kernel
+            spatial = math.prod(int(d) for d in node.args[0].meta["val"].shape[2:])
         total += 2 * math.prod(w) * per_sample_rows * spatial
     return total
 
