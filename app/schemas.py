@@ -19,6 +19,7 @@ CORE_FIELDS = (
     "refit",
     "rectified_steps",
     "allocation",
+    "probe_samples",
     "residual",
     "calibration_samples",
     "device",
@@ -71,6 +72,7 @@ class JobConfig(BaseModel):
     refit: Literal["output", "sequential", "independent"] = "output"
     rectified_steps: int = Field(default=2, ge=0, le=10)
     allocation: Literal["sensitivity", "spectrum"] = "sensitivity"
+    probe_samples: int = Field(default=512, ge=1)
     residual: Literal["prune", "keep"] = "prune"
     calibration_samples: int = Field(default=1024, ge=1)
     output_format: OutputFormat = "same"

@@ -34,7 +34,6 @@ from core.sequential import sequential_refit
 
 Progress = Callable[[str, float], None]
 DOF_LAMBDA = 1e-3  # N(lambda) is reported at lambda = 1e-3 tr S: directions above 0.1% of the energy
-SENSITIVITY_SAMPLES = 512  # calibration samples on which each group's output error is probed
 ACTIVATION_BUDGET = {"cpu": 1 << 30, "cuda": 4 << 30}  # bytes of activations per calibration batch
 
 
@@ -273,13 +272,13 @@ def _output_loss(
     retained: dict[str, np.ndarray],
     stats: dict[str, _GroupStats],
     batches: list[cal.Batch],
-    ridge: float,
+    config: CompressionConfig,
     device: torch.device,
     clock: _Clock,
 ) -> dict[str, np.ndarray]:
-    """``D_g(k)`` per group, probed on the first ``SENSITIVITY_SAMPLES`` calibration samples."""
+    """``D_g(k)`` per group, probed on the first calibration batches that hold ``probe_samples``."""
     probe: list[cal.Batch] = []
-    while len(probe) < len(batches) and sum(b[0].shape[0] for b in probe) < SENSITIVITY_SAMPLES:
+    while len(probe) < len(batches) and sum(b[0].shape[0] for b in probe) < config.probe_samples:
         probe.append(tuple(x.to(device) for x in batches[len(probe)]))
     try:
         return sensitivity.output_curves(
@@ -288,7 +287,7 @@ def _output_loss(
             groups,
             orders,
             {name: 1.0 - r for name, r in retained.items()},
-            lambda g, kept: _refits([g], stats, {s: kept for s in g.spaces}, ridge),
+            lambda g, kept: _refits([g], stats, {s: kept for s in g.spaces}, config.ridge),
             probe,
             lambda i, n: clock.report(0.25 + 0.25 * i / n),
         )
@@ -412,7 +411,7 @@ def _prune(
         and config.width_rule.endswith("_ratio")
     ):
         output_loss = _output_loss(
-            gm, analysis, prunable, orders, retained, stats, batches, config.ridge, device, clock
+            gm, analysis, prunable, orders, retained, stats, batches, config, device, clock
         )
     chosen = _allocate(config, prunable, skipped, retained, cost, output_loss)
     kept = _select(config, gm, analysis, prunable, stats, chosen, clock)

@@ -49,6 +49,9 @@ class CompressionConfig:
     - ``allocation``: how a FLOPs/params target is split across groups: ``sensitivity`` (local loss
       curves scaled by each group's measured output error, summed error minimised) or ``spectrum`` (one
       retained-energy level for all).
+    - ``probe_samples``: the sensitivity allocation probes each group's output error on the first
+      calibration batches holding at least this many samples (512); the probes' cost grows with it, the
+      noise of their estimates falls with it (BENCHMARKS.md, section 1).
     - ``residual``: ``prune`` residual streams as coupled groups, or ``keep`` them whole.
     - ``calibration_samples``: at most this many calibration samples are used (seeded draw).
     - ``device``: where statistics and selection run; ``auto`` takes CUDA when present.
@@ -66,6 +69,7 @@ class CompressionConfig:
     refit: Refit = "output"
     rectified_steps: int = 2
     allocation: Allocation = "sensitivity"
+    probe_samples: int = 512
     residual: Residual = "prune"
     calibration_samples: int = 1024
     device: Device = "auto"
@@ -106,6 +110,12 @@ class CompressionConfig:
         steps = self.rectified_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or not 0 <= steps <= 10:
             raise ConfigError(f"rectified_steps must be an integer in [0, 10], got {self.rectified_steps!r}")
+        if (
+            isinstance(self.probe_samples, bool)
+            or not isinstance(self.probe_samples, int)
+            or self.probe_samples < 1
+        ):
+            raise ConfigError(f"probe_samples must be an integer >= 1, got {self.probe_samples!r}")
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
         object.__setattr__(self, "recovery", config_from(self.recovery))  # type: ignore[arg-type]

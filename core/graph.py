@@ -664,7 +664,7 @@ class _Tracer:
             name = first.name if len(spaces) == 1 else f"{first.name}+{len(spaces) - 1}"
             position = max(self.producers[s].position for s in spaces)
             blocks = math.lcm(*(self.blocks.get(s, 1) for s in spaces))
-            if skipped is None and first.size % blocks:
+            if skipped is None and (first.size % blocks or blocks == first.size > 1):
                 skipped = f"grouped convolutions split its {first.size} channels into {blocks} runs"
             group = ChannelGroup(name, spaces, first.size, position, consumers, skipped, coupling, blocks)
             for s in spaces:

@@ -36,6 +36,11 @@ ARTIFACTS = ("safetensors", "pruned", "pruned_safetensors")
 PROGRESS_WRITE_SECONDS = 0.5
 # Job directories are named <prefix><worker pid>-<random> so that orphans of dead workers can be found.
 JOB_DIR_PREFIX = "specprune-job-"
+TIMEOUT_HINT = (  # what a user whose large model ran out of time can change (README, "Settings")
+    " (SPECPRUNE_JOB_WALL_SECONDS). The width probes and the sequential re-fit cost tens of forward passes"
+    ' over the calibration data: allocation="spectrum" with refit="independent" takes about two, and fewer'
+    " calibration_samples cost proportionally less."
+)
 
 
 def sweep_orphaned_job_dirs(root: Path) -> list[Path]:
@@ -100,8 +105,9 @@ def _run_claimed(ctx: WorkerContext, job: Job, job_dir: Path, tracker: LeaseTrac
         return _stopped(ctx, job.id, tracker, outcome.stop_reason)
     checkpoint.clear()
     if outcome.status != "ok":
-        logger.warning("job %s failed: %s: %s", job.id, outcome.code, outcome.message)
-        _finish(ctx, job.id, tracker.owner, JobStatus.FAILED, outcome.code, outcome.message)
+        message = outcome.message + (TIMEOUT_HINT if outcome.status == "timeout" else "")
+        logger.warning("job %s failed: %s: %s", job.id, outcome.code, message)
+        _finish(ctx, job.id, tracker.owner, JobStatus.FAILED, outcome.code, message)
         return JobStatus.FAILED.value
     reason = tracker.tick("uploading", 0.0)
     if reason:

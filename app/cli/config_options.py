@@ -47,6 +47,12 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         help="split a FLOPs/params target by measured output error (sensitivity, default) or one energy level",
     )
     group.add_argument(
+        "--probe-samples",
+        type=_positive_int,
+        metavar="N",
+        help="samples the sensitivity allocation probes each layer on (512; fewer: faster, noisier)",
+    )
+    group.add_argument(
         "--residual",
         choices=("prune", "keep"),
         help="prune residual streams as coupled groups (default) or keep",
@@ -78,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
             "device",
             "refit",
             "allocation",
+            "probe_samples",
             "residual",
             "calibration_samples",
             "seed",

@@ -60,16 +60,17 @@ def test_compress_writes_the_model_the_report_and_the_table(
     again = run_specprune(
         "compress", str(model), "--data", str(data), "-o", str(weights), "--method", "l1",
         "--widths", str(report_path), "--report", str(tmp_path / "l1.json"), "--no-latency",
-        "--refit", "independent", "--allocation", "spectrum", "--residual", "keep",
+        "--refit", "independent", "--allocation", "spectrum", "--residual", "keep", "--probe-samples", "64",
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
     l1 = json.loads((tmp_path / "l1.json").read_text())
     assert {layer["name"]: layer["width_after"] for layer in l1["layers"]} == widths
     assert l1["config"]["method"] == "l1" and l1["formats"]["output"] == "safetensors"
-    assert [l1["config"][k] for k in ("refit", "allocation", "residual")] == [
+    assert [l1["config"][k] for k in ("refit", "allocation", "residual", "probe_samples")] == [
         "independent",
         "spectrum",
         "keep",
+        64,
     ]
     assert weights.read_bytes()[8:9] == b"{"  # safetensors: an 8-byte header length, then JSON
 

@@ -117,3 +117,18 @@ def test_each_group_of_the_reader_is_re_fitted_from_its_own_kept_channels(setup,
     got = result.program.state_dict["layers.1.conv2.weight"].double()
     assert got.shape == (32, 4, 3, 3)
     assert torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_a_group_of_one_channel_per_run_stays_whole() -> None:
+    """A depthwise convolution with a channel multiplier reads one channel per group: none can go alone."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1, groups=8),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 4, 1),
+    ).eval()
+    x = torch.randn(2, 3, 8, 8)
+    groups = {g.name: g for g in analyse(models.export(model, x).module(), (x,)).groups}
+    assert "8 runs" in str(groups["0"].skipped)
+    assert groups["2"].skipped is None and groups["2"].blocks == 8  # its 16 outputs: two per group

@@ -126,3 +126,20 @@ def test_the_output_error_counts_every_output_of_the_model() -> None:
     (layer,) = report["layers"]
     assert layer["name"] == "hidden" and layer["width_after"] < 32
     assert layer["output_loss"] > 1e-6  # measured on the second output, which the first would miss
+
+
+def test_probe_samples_sets_the_batches_the_probes_read() -> None:
+    """The probes read the first calibration batches (of 256 here) that hold ``probe_samples``: 200 and
+    256 read one batch alike, 512 two, so the estimated output errors move."""
+    x = torch.cat([_data(), _data() * 1.5])  # 1,024 samples: four batches
+    program = models.export(_TwoBranches().eval(), x[:4])
+
+    def output_loss(samples: int) -> list[float]:
+        config = CompressionConfig(flops_ratio=0.6, probe_samples=samples)
+        report = compress(program, x, config, measure_latency=False).report
+        assert report["config"]["probe_samples"] == samples
+        return [layer["output_loss"] for layer in report["layers"]]
+
+    one_batch = output_loss(256)
+    assert output_loss(200) == one_batch
+    assert output_loss(512) != one_batch

@@ -119,6 +119,7 @@ def test_wall_clock_timeout_kills_the_child(api_factory, model_file: Path, datas
     assert time.monotonic() - started < 10
     assert outcome == "failed" and job["error"]["code"] == "timeout"
     assert "0.5 s" in job["error"]["message"]
+    assert 'allocation="spectrum"' in job["error"]["message"]  # what to change
 
 
 def test_a_pt2_model_can_be_written_as_onnx(worker_api: Api, model_file: Path, dataset_file: Path) -> None:
