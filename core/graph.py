@@ -291,6 +291,12 @@ class _Tracer:
             self._linear(node, position)
         elif t in ops.BATCH_NORM:
             self._batch_norm(node)
+        elif t in ops.INSTANCE_NORM:
+            self._per_channel(node, _args(node)[1:5], "instance norm")
+        elif t in ops.PRELU:
+            weight = _args(node)[1]
+            per_channel = math.prod(self._shape(weight)) > 1
+            self._per_channel(node, [weight] if per_channel else [], "PReLU")
         elif t in ops.ELEMENTWISE:
             self._elementwise(node)
         elif t in ops.SPATIAL or t in ops.SPATIAL_TUPLE:
@@ -444,6 +450,17 @@ class _Tracer:
             self.layouts[node] = li
         if node.target is not ops.aten.batch_norm.default:  # returns (out, mean, invstd)
             self.layouts[node] = {0: self.layouts[node]}
+        return None
+
+    def _per_channel(self, node: fx.Node, params: Sequence[Any], what: str) -> None:
+        """An op that treats each channel on its own, with per-channel ``params`` (sliced with it)."""
+        li = self._layout(_args(node)[0])
+        if li is not None and params:
+            if li.axis != 1 or li.blocked:
+                return self._stop(node, f"{what} off the channel axis")
+            for p in params:
+                self._slice_param(p, 0, li)
+        self.layouts[node] = li
         return None
 
     def _elementwise(self, node: fx.Node) -> None:

@@ -23,6 +23,9 @@ LINEAR = {aten.linear.default}
 
 # batch norm in inference form: (input, weight, bias, running_mean, running_var, ...)
 BATCH_NORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
+# each channel on its own, with per-channel parameters: (input, weight, ...)
+INSTANCE_NORM = {aten.instance_norm.default}
+PRELU = {aten.prelu.default, aten._prelu_kernel.default}
 LAYER_NORM = {aten.layer_norm.default, aten.native_layer_norm.default}
 GROUP_NORM = {aten.group_norm.default, aten.native_group_norm.default}
 
@@ -42,6 +45,9 @@ ELEMENTWISE = {
     aten.hardtanh_.default,
     aten.leaky_relu.default,
     aten.elu.default,
+    aten.celu.default,
+    aten.threshold.default,
+    aten.sign.default,
     aten.selu.default,
     aten.mish.default,
     aten.softplus.default,

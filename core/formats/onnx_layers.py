@@ -215,10 +215,50 @@ def _layer_norm(node: NodeSpec, ctx: OpContext) -> Runtime:
     return lambda inputs: [run(inputs[0])]
 
 
+class InstanceNorm(nn.Module):
+    """``InstanceNormalization``: each channel of each sample normalised over its own positions."""
+
+    def __init__(self, scale: np.ndarray, shift: np.ndarray, eps: float) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = _parameter(scale), _parameter(shift), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+
+def _instance_norm(node: NodeSpec, ctx: OpContext) -> Runtime:
+    scale, shift = _weight(node, ctx, 1, "scale"), _weight(node, ctx, 2, "bias")
+    assert scale is not None and shift is not None
+    norm = InstanceNorm(scale, shift, float(node.attrs.get("epsilon", 1e-5)))
+    module = ctx.add_layer(layer_name(node.inputs[1], node.inputs[2], node.name), norm)
+    return lambda inputs: [module(to_tensor(inputs[0]))]
+
+
+def _prelu(node: NodeSpec, ctx: OpContext) -> Runtime:
+    """``PRelu``: a torch ``PReLU`` where the slope is one number or one per channel of axis 1 (its
+    trailing dimensions 1, as exporters write it for NCHW), else the broadcast formula."""
+    slope = _weight(node, ctx, 1, "slope")
+    assert slope is not None
+    prelu = nn.PReLU(slope.size)
+    prelu.weight = _parameter(slope.reshape(-1))
+    module = ctx.add_layer(layer_name(node.inputs[1], node.name), prelu)
+    per_channel = slope.size == 1 or all(d == 1 for d in slope.shape[1:])
+
+    def run(x_value: Value) -> Value:
+        x = to_tensor(x_value)
+        if per_channel and (slope.size == 1 or x.dim() == slope.ndim + 1):
+            return module(x)
+        return torch.where(x >= 0, x, x * module.weight.reshape(slope.shape))  # x < 0: slope x
+
+    return lambda inputs: [run(inputs[0])]
+
+
 LAYER_OPS: dict[str, Builder] = {
     "Conv": _conv,
     "ConvTranspose": _conv_transpose,
     "Linear": _linear,
     "BatchNormalization": _batch_norm,
     "LayerNormalization": _layer_norm,
+    "InstanceNormalization": _instance_norm,
+    "PRelu": _prelu,
 }

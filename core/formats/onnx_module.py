@@ -6,6 +6,7 @@ walk into an ordinary ATen graph whose weights are the module's parameters and b
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class OnnxModule(nn.Module):
 
     def add_layer(self, hint: str, module: ModuleT) -> ModuleT:
         """Register ``module`` under the dotted path ``hint`` (made unique and attribute-safe)."""
-        parts = [_UNSAFE_CHARS.sub("_", p) or "_" for p in hint.split(".")]
+        parts = [_attribute(p) for p in hint.split(".")]
         parent: nn.Module = self
         for part in parts[:-1]:
             child = parent._modules.get(part)
@@ -118,6 +119,13 @@ class OnnxModule(nn.Module):
             env.update(zip(step.outputs, results, strict=False))
         outputs = tuple(to_tensor(env[name]) for name in self._output_names)
         return outputs[0] if len(outputs) == 1 else outputs
+
+
+def _attribute(part: str) -> str:
+    """One component of a layer path as an attribute the generated code can name: unsafe characters
+    replaced, and a Python keyword (``in`` of ``in.weight``) given a trailing underscore."""
+    name = _UNSAFE_CHARS.sub("_", part) or "_"
+    return f"{name}_" if keyword.iskeyword(name) else name
 
 
 def _unique(parent: nn.Module, name: str) -> str:

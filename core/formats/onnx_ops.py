@@ -164,6 +164,49 @@ def _leaky_relu(node: NodeSpec, ctx: OpContext) -> Runtime:
     return _one(lambda x: F.leaky_relu(to_tensor(x), slope))
 
 
+def _elu(node: NodeSpec, ctx: OpContext) -> Runtime:
+    alpha = float(node.attrs.get("alpha", 1.0))
+    return _one(lambda x: F.elu(to_tensor(x), alpha))
+
+
+def _celu(node: NodeSpec, ctx: OpContext) -> Runtime:
+    alpha = float(node.attrs.get("alpha", 1.0))
+    return _one(lambda x: F.celu(to_tensor(x), alpha))
+
+
+SELU_ALPHA, SELU_GAMMA = 1.67326319217681884765625, 1.05070102214813232421875  # ONNX's and torch's
+
+
+def _selu(node: NodeSpec, ctx: OpContext) -> Runtime:
+    alpha = float(node.attrs.get("alpha", SELU_ALPHA))
+    gamma = float(node.attrs.get("gamma", SELU_GAMMA))
+    if abs(alpha - SELU_ALPHA) < 1e-6 and abs(gamma - SELU_GAMMA) < 1e-6:
+        return _one(lambda x: F.selu(to_tensor(x)))
+    return _one(lambda x: gamma * F.elu(to_tensor(x), alpha))  # gamma (x > 0 ? x : alpha (e^x - 1))
+
+
+def _thresholded_relu(node: NodeSpec, ctx: OpContext) -> Runtime:
+    alpha = float(node.attrs.get("alpha", 1.0))
+    return _one(lambda x: F.threshold(to_tensor(x), alpha, 0.0))  # x where x > alpha, else 0
+
+
+def _lrn(node: NodeSpec, ctx: OpContext) -> Runtime:
+    """``LRN``: ``y = x / (bias + alpha / size * sum of x^2 over a window of size channels)^beta``, the
+    window from ``floor((size - 1) / 2)`` channels before to ``ceil((size - 1) / 2)`` after."""
+    size = int(node.attrs["size"])
+    alpha, beta = float(node.attrs.get("alpha", 1e-4)), float(node.attrs.get("beta", 0.75))
+    bias = float(node.attrs.get("bias", 1.0))
+    before = (size - 1) // 2
+
+    def run(x_value: Value) -> Value:
+        x = to_tensor(x_value)
+        squares = F.pad(x.pow(2).transpose(1, -1), (before, size - 1 - before)).transpose(1, -1)
+        window = squares.unfold(1, size, 1).sum(-1)  # (N, C, ...): each channel's window
+        return x / (bias + alpha / size * window).pow(beta)
+
+    return _one(run)
+
+
 def _hard_sigmoid(node: NodeSpec, ctx: OpContext) -> Runtime:
     alpha, beta = float(node.attrs.get("alpha", 0.2)), float(node.attrs.get("beta", 0.5))
     if abs(alpha - 1.0 / 6.0) < 1e-6 and abs(beta - 0.5) < 1e-6:
@@ -496,6 +539,14 @@ BASIC_OPS: dict[str, Builder] = {
     "HardSwish": _unary(F.hardswish),
     "Gelu": _gelu,
     "LeakyRelu": _leaky_relu,
+    "Elu": _elu,
+    "Celu": _celu,
+    "Selu": _selu,
+    "ThresholdedRelu": _thresholded_relu,
+    "Softsign": _unary(F.softsign),
+    "Mish": _unary(F.mish),
+    "Sign": _unary(torch.sign),
+    "LRN": _lrn,
     "HardSigmoid": _hard_sigmoid,
     "Clip": _clip,
     "Softmax": _softmax(log=False),

@@ -320,3 +320,36 @@ def test_a_zip_of_two_onnx_files_is_refused(tmp_path: Path) -> None:
     archive = write_zip(tmp_path / "two.zip", {"a.onnx": path.read_bytes(), "b.onnx": path.read_bytes()})
     with pytest.raises(UnsupportedFormatError, match="2 ONNX files"):
         load_model(archive)
+
+
+def test_normalisations_and_activations_of_older_and_other_exporters(tmp_path: Path) -> None:
+    """InstanceNormalization, PRelu (per channel and shared), LRN (AlexNet, GoogLeNet), the ELU family
+    and others: load_model compares each with onnxruntime. A layer named ``in`` (a Python keyword) is
+    renamed so the generated code can name it."""
+    nodes = [
+        helper.make_node("Conv", ["x", "conv1.weight"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("InstanceNormalization", ["c1", "in.scale", "in.bias"], ["n1"], epsilon=1e-3),
+        helper.make_node("PRelu", ["n1", "prelu.slope"], ["p1"]),
+        helper.make_node("LRN", ["p1"], ["l1"], size=5, alpha=1e-2, beta=0.75, bias=2.0),
+        helper.make_node("Elu", ["l1"], ["e1"], alpha=0.5),
+        helper.make_node("Selu", ["e1"], ["s1"]),
+        helper.make_node("Selu", ["s1"], ["s2"], alpha=1.5, gamma=1.1),
+        helper.make_node("Celu", ["s2"], ["ce"], alpha=2.0),
+        helper.make_node("ThresholdedRelu", ["ce"], ["t1"], alpha=0.1),
+        helper.make_node("Softsign", ["t1"], ["ss"]),
+        helper.make_node("Mish", ["ss"], ["m1"]),
+        helper.make_node("PRelu", ["m1", "shared.slope"], ["p2"]),
+        helper.make_node("Sign", ["p2"], ["sg"]),
+        helper.make_node("Mul", ["sg", "p2"], ["out"]),
+    ]
+    initializers = [
+        _weight("conv1.weight", 6, 3, 3, 3),
+        _weight("in.scale", 6),
+        _weight("in.bias", 6),
+        _weight("prelu.slope", 6, 1, 1),
+        numpy_helper.from_array(np.array([0.2], dtype=np.float32), "shared.slope"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=18)
+    assert loaded.output_shape == (None, 6, 6, 6)
+    assert {torch.ops.aten.instance_norm.default, torch.ops.aten.prelu.default} <= _targets(loaded)
