@@ -151,6 +151,11 @@ def _selected_moment(g: ChannelGroup, st: _GroupStats) -> torch.Tensor:
     return s * (run[:, None] == run[None, :])
 
 
+def _filter_norms(weight: torch.Tensor, axis: int) -> torch.Tensor:
+    """Each output channel's L1 norm, ``axis`` being the weight's output-channel axis (Li et al. 2017)."""
+    return weight.detach().abs().movedim(axis, 0).flatten(1).sum(1)
+
+
 def _space_widths(groups: list[ChannelGroup], chosen: dict[str, int]) -> Widths:
     return {s: chosen[g.name] for g in groups if g.name in chosen for s in g.spaces}
 
@@ -245,15 +250,8 @@ def _select(
             order = greedy_select(moment, gram, config.theta, st.tau, steps=k, blocks=g.blocks).order
         elif config.method == "l1":
             params = dict(gm.named_parameters())
-            score = sum(
-                params[analysis.producers[s].weight]
-                .detach()
-                .abs()
-                .movedim(analysis.producers[s].axis, 0)
-                .flatten(1)
-                .sum(1)
-                for s in g.spaces
-            )
+            producers = [analysis.producers[s] for s in g.spaces]
+            score = sum(_filter_norms(params[p.weight], p.axis) for p in producers)
             order = torch.argsort(torch.as_tensor(score), descending=True, stable=True)
         else:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
