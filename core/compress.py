@@ -112,8 +112,9 @@ def _group_stats(g: ChannelGroup, moments: dict[tuple[str, int], Moments], ridge
 
 def _consumer_weights(
     gm: fx.GraphModule, g: ChannelGroup, analysis: GraphAnalysis, kept: Kept
-) -> list[torch.Tensor]:
-    """Each consumer's weight columns for ``g`` as (out, m, positions), rows cut to what it keeps."""
+) -> list[tuple[torch.Tensor, int]]:
+    """Each consumer's weight columns for ``g`` as (out, m / groups, positions), rows cut to what it
+    keeps, with its ``groups``."""
     params = dict(gm.named_parameters())
     out = []
     for c in g.consumers:
@@ -123,21 +124,12 @@ def _consumer_weights(
         own = next(s for s, p in analysis.producers.items() if p.node == c.node)
         if own in kept:
             w = w.index_select(0, kept[own].to(w.device))
-        if c.groups > 1:
-            w = _dense(w, c.groups)
+        if c.groups > 1:  # one segment (the analysis asks it): the whole input axis is g's
+            out.append((w.reshape(w.shape[0], w.shape[1], -1), c.groups))
+            continue
         for seg, offset in c.layout.offsets():
             if seg.space in g.spaces:
-                out.append(w.narrow(1, offset, seg.columns).reshape(w.shape[0], seg.length, -1))
-    return out
-
-
-def _dense(w: torch.Tensor, groups: int) -> torch.Tensor:
-    """A grouped convolution's weight (out, in / groups, ...) as the ungrouped one (out, in, ...) it
-    equals: zero outside each row block's own run of input channels."""
-    rows, per = w.shape[0] // groups, w.shape[1]
-    out = w.new_zeros(w.shape[0], per * groups, *w.shape[2:])
-    for b in range(groups):
-        out[b * rows : (b + 1) * rows, b * per : (b + 1) * per] = w[b * rows : (b + 1) * rows]
+                out.append((w.narrow(1, offset, seg.columns).reshape(w.shape[0], seg.length, -1), 1))
     return out
 
 

@@ -31,15 +31,24 @@ class Selection:
         return 1.0 - float(self.loss_input[k]) / self.trace if self.trace > 0 else 1.0
 
 
-def consumer_gram(weights: list[torch.Tensor]) -> torch.Tensor:
+def consumer_gram(weights: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     """``G = sum_c sum_positions W^T W`` over consumers, scaled so ``tr G = m``.
 
-    Each weight is (out, m, positions): kernel positions for a conv, H*W blocks for flatten->linear.
+    Each weight is (out, m / groups, positions) with its ``groups``: kernel positions for a conv, H*W
+    blocks for flatten->linear; a grouped convolution's row block b reads only run b of the m channels,
+    so its part of ``G`` is block diagonal.
     """
-    g = sum(torch.einsum("oip,ojp->ij", w, w) for w in weights)  # (m, m)
+    g = sum(_gram(w, groups) for w, groups in weights)  # (m, m)
     assert isinstance(g, torch.Tensor)
     tr = float(torch.trace(g))
     return g * (g.shape[0] / tr) if tr > 0 else g
+
+
+def _gram(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """``sum_positions W^T W`` of one consumer (out, m / groups, positions), block by block."""
+    rows = w.shape[0] // groups
+    blocks = [torch.einsum("oip,ojp->ij", part, part) for part in w.split(rows)]
+    return blocks[0] if groups == 1 else torch.block_diag(*blocks)
 
 
 def greedy_select(

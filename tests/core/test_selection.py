@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from core import CompressionConfig, compress
-from core.selection import balanced, greedy_select, losses, refit_map, ridge_solve
+from core.selection import balanced, consumer_gram, greedy_select, losses, refit_map, ridge_solve
 from core.spectrum import bias_lambda, degrees_of_freedom, eigenvalues, theory_width
 from tests.core import models
 
@@ -152,3 +152,13 @@ def test_balanced_order_takes_each_run_in_turn() -> None:
     assert balanced(order, 1).tolist() == order.tolist()
     assert balanced(order, 4).tolist() == [0, 2, 6, 4, 1, 3, 7, 5]
     assert balanced(balanced(order, 4), 4).tolist() == [0, 2, 6, 4, 1, 3, 7, 5]
+
+
+def test_a_grouped_consumers_gram_is_that_of_its_dense_equivalent() -> None:
+    gen = torch.Generator().manual_seed(0)
+    grouped = torch.randn(12, 2, 9, generator=gen, dtype=torch.float64)  # 12 outputs, 3 groups of 2 inputs
+    dense = torch.zeros(12, 6, 9, dtype=torch.float64)
+    for b in range(3):
+        dense[4 * b : 4 * b + 4, 2 * b : 2 * b + 2] = grouped[4 * b : 4 * b + 4]
+    plain = torch.randn(5, 6, 1, generator=gen, dtype=torch.float64)
+    assert torch.allclose(consumer_gram([(grouped, 3), (plain, 1)]), consumer_gram([(dense, 1), (plain, 1)]))
