@@ -141,6 +141,51 @@ class ResNetCIFAR(nn.Module):
         return self.fc(torch.flatten(out, 1))  # (N, C) -> (N, classes)
 
 
+class GroupedBottleneck(nn.Module):
+    """ResNeXt's block: 1x1 conv to ``width``, a grouped 3x3 (``groups`` paths), 1x1 back, plus a shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, width: int, groups: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, groups=groups, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class ResNeXtCIFAR(nn.Module):
+    """A small CIFAR ResNeXt: three stages of two grouped bottlenecks (``groups`` paths of 8 channels)."""
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128), groups: int = 4):
+        super().__init__()
+        self.stem = conv_bn_relu(3, widths[0] // 2)
+        blocks: list[nn.Module] = []
+        c_in = widths[0] // 2
+        for stage, width in enumerate(widths):
+            for i in range(2):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(GroupedBottleneck(c_in, width, width, groups * 2**stage, stride))
+                c_in = width
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(self.blocks(self.stem(x)))  # (N, C, 1, 1)
+        return self.fc(torch.flatten(out, 1))  # (N, C) -> (N, classes)
+
+
 class InvertedResidual(nn.Module):
     """1x1 expand -> 3x3 depthwise -> 1x1 linear projection; identity shortcut when shapes match."""
 
@@ -258,6 +303,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16_bn": lambda **kw: VGGBN(config="vgg16", **kw),
     "resnet20": lambda **kw: ResNetCIFAR(depth=20, **kw),
     "resnet56": lambda **kw: ResNetCIFAR(depth=56, **kw),
+    "resnext_cifar": ResNeXtCIFAR,
     "mobilenet_like": MobileNetLike,
     "tiny_vit": TinyViT,
 }

@@ -37,7 +37,9 @@ def tiny_cifar(tmp_path: Path) -> Path:
     return write_archive(tmp_path / "cifar.tar.gz", files, "tar.gz")
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "vgg11_bn", "resnet20", "mobilenet_like", "tiny_vit"])
+@pytest.mark.parametrize(
+    "name", ["small_cnn", "vgg11_bn", "resnet20", "resnext_cifar", "mobilenet_like", "tiny_vit"]
+)
 def test_models_export_and_match_eager(name: str) -> None:
     """One of each architecture (vgg16_bn and resnet56 only repeat their family's blocks)."""
     torch.manual_seed(0)
