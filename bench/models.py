@@ -97,6 +97,13 @@ class VGGBN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
+    """The identity, or a 1x1 conv-BN where the stride or the width change (option B)."""
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers plus a shortcut; a 1x1 conv-BN shortcut where stride or width change."""
 
@@ -106,11 +113,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
+        self.shortcut = shortcut(c_in, c_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -118,27 +121,34 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNetCIFAR(nn.Module):
+class _PooledResidual(nn.Module):
+    """The CIFAR residual nets' frame: stem -> blocks -> global average pool -> linear classifier."""
+
+    def __init__(self, stem: nn.Module, blocks: list[nn.Module], channels: int, num_classes: int):
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pool(self.blocks(self.stem(x)))  # (N, C, 1, 1)
+        return self.fc(torch.flatten(out, 1))  # (N, C) -> (N, classes)
+
+
+class ResNetCIFAR(_PooledResidual):
     """CIFAR ResNet of ``depth`` = 6n + 2 layers (20, 32, 44, 56, ...): three stages of n basic blocks."""
 
     def __init__(self, depth: int = 20, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64)):
-        super().__init__()
         assert (depth - 2) % 6 == 0, f"CIFAR ResNet depth must be 6n+2, got {depth}"
         n = (depth - 2) // 6
-        self.stem = conv_bn_relu(3, widths[0])
         blocks: list[nn.Module] = []
         c_in = widths[0]
         for stage, c_out in enumerate(widths):
             for i in range(n):
                 blocks.append(BasicBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
                 c_in = c_out
-        self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.pool(self.blocks(self.stem(x)))  # (N, C, 1, 1)
-        return self.fc(torch.flatten(out, 1))  # (N, C) -> (N, classes)
+        super().__init__(conv_bn_relu(3, widths[0]), blocks, c_in, num_classes)
 
 
 class GroupedBottleneck(nn.Module):
@@ -152,11 +162,7 @@ class GroupedBottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, c_out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c_out)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
-            )
+        self.shortcut = shortcut(c_in, c_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -164,12 +170,10 @@ class GroupedBottleneck(nn.Module):
         return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
 
 
-class ResNeXtCIFAR(nn.Module):
+class ResNeXtCIFAR(_PooledResidual):
     """A small CIFAR ResNeXt: three stages of two grouped bottlenecks (``groups`` paths of 8 channels)."""
 
     def __init__(self, num_classes: int = 10, widths: Sequence[int] = (32, 64, 128), groups: int = 4):
-        super().__init__()
-        self.stem = conv_bn_relu(3, widths[0] // 2)
         blocks: list[nn.Module] = []
         c_in = widths[0] // 2
         for stage, width in enumerate(widths):
@@ -177,13 +181,7 @@ class ResNeXtCIFAR(nn.Module):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(GroupedBottleneck(c_in, width, width, groups * 2**stage, stride))
                 c_in = width
-        self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(c_in, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.pool(self.blocks(self.stem(x)))  # (N, C, 1, 1)
-        return self.fc(torch.flatten(out, 1))  # (N, C) -> (N, classes)
+        super().__init__(conv_bn_relu(3, widths[0] // 2), blocks, c_in, num_classes)
 
 
 class InvertedResidual(nn.Module):
