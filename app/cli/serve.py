@@ -7,7 +7,9 @@ starts is a Celery worker, and ``--no-worker`` leaves the jobs to ``specprune wo
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from app.cli.supervisor import WorkerSupervisor
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(refusal, file=sys.stderr)
         return 2
     supervisor = None if args.no_worker else WorkerSupervisor().start()
+    signal.signal(signal.SIGTERM, _exit_after_shutdown)
     try:
         uvicorn.run(
             create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level
@@ -49,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
         if supervisor is not None:
             supervisor.stop()
     return 0
+
+
+def _exit_after_shutdown(signum: int, _frame: FrameType | None) -> None:
+    """uvicorn drains on SIGTERM, then raises it again: exit through ``finally`` so the worker is stopped
+    (it releases its job) instead of the process dying with the worker left to the parent-death signal."""
+    raise SystemExit(128 + signum)
 
 
 def open_bind_refusal(settings: Settings) -> str | None:
