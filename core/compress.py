@@ -27,6 +27,7 @@ from core.cost import CostModel, Widths
 from core.covariance import Moments, Observation, collect_moments
 from core.errors import ConfigError, UnsupportedModelError
 from core.graph import ChannelGroup, GraphAnalysis, analyse, probe_shapes
+from core.layout import kept_columns
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.recovery import recover
 from core.selection import balanced, consumer_gram, greedy_select, losses, refit_map
@@ -121,9 +122,9 @@ def _consumer_weights(
         w = params[c.weight].detach().double()
         if c.kind == "conv_transpose":
             w = w.transpose(0, 1)  # (in, out, *kernel) -> (out, in, *kernel)
-        own = next(s for s, p in analysis.producers.items() if p.node == c.node)
-        if own in kept:
-            w = w.index_select(0, kept[own].to(w.device))
+        outputs = next(cn.outputs for cn in analysis.compute if cn.node == c.node)
+        if outputs is not None and outputs.spaces & set(kept):
+            w = w.index_select(0, kept_columns(outputs, kept, w.shape[0]).to(w.device))
         if c.groups > 1:  # one segment (the analysis asks it): the whole input axis is g's
             out.append((w.reshape(w.shape[0], w.shape[1], -1), c.groups))
             continue
@@ -243,7 +244,9 @@ def _select(
         elif config.method == "l1":
             params = dict(gm.named_parameters())
             producers = [analysis.producers[s] for s in g.spaces]
-            score = sum(_filter_norms(params[p.weight], p.axis) for p in producers)
+            score = sum(
+                _filter_norms(params[p.weight].narrow(p.axis, p.offset, p.size), p.axis) for p in producers
+            )
             order = torch.argsort(torch.as_tensor(score), descending=True, stable=True)
         else:
             gen = torch.Generator().manual_seed(config.seed * 1_000_003 + i)
@@ -357,6 +360,7 @@ def _prune(
     """Analyse, gather statistics, allocate widths, select, re-fit and re-export once."""
     clock.stage("analyse")
     gm = program.module()
+    rewrite.explicit_splits(gm)
     probe = tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
     probe = probe if cal.batch_size(specs, 2) == 2 else data.batches(cal.batch_size(specs, 2))[0]
     try:

@@ -7,11 +7,14 @@ ops pass it on, parameterised ones (BatchNorm, depthwise conv, layer scales) are
 concats lay spaces side by side, flattens give each channel a block of columns, additive joins couple
 spaces (residual streams), and conv/linear layers consume it (their input weights are re-fitted). A
 grouped convolution splits the space it reads and the one it opens into equal runs (``blocks``). A
-space that reaches any op the tracer cannot prove safe is *poisoned*: left unpruned, with the reason.
+split along the channel axis hands each part the spaces between its bounds; where a bound falls inside a
+layer's space, the walk runs again with that layer opening one space per part. A space that reaches
+any op the tracer cannot prove safe is *poisoned*: left unpruned, with the reason.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,15 +83,21 @@ class ShapePatch:
 
 @dataclass
 class Producer:
+    """A space: ``size`` output channels of a layer, from ``offset`` on (a layer whose output is split
+    along its channels, ``torch.chunk``, opens a space per part; else one space of all of them)."""
+
     node: str
     weight: str
     size: int
     position: int  # topological index, to process from the output side inward
     axis: int = 0  # the weight's output-channel axis (1 for a transposed convolution)
+    offset: int = 0
+    part: bool = False
 
     @property
     def name(self) -> str:
-        return self.weight.removesuffix(".weight")
+        layer = self.weight.removesuffix(".weight")
+        return f"{layer}[{self.offset}:{self.offset + self.size}]" if self.part else layer
 
 
 @dataclass
@@ -190,9 +199,13 @@ def _regroup(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], li
 class _Tracer:
     """Walks the graph once, propagating layouts; see the module docstring."""
 
-    def __init__(self, gm: fx.GraphModule, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(
+        self, gm: fx.GraphModule, shapes: dict[str, tuple[int, ...]], cuts: dict[str, set[int]] | None = None
+    ) -> None:
         self.gm = gm
         self.shapes = shapes
+        self.cuts = cuts or {}  # layer node -> output channels where a split of its output cuts it
+        self.new_cuts: dict[str, set[int]] = {}
         self.layouts: dict[fx.Node, Any] = {}
         self.uf = _UnionFind()
         self.poison: dict[int, str] = {}
@@ -250,10 +263,17 @@ class _Tracer:
         self.param_axes[key] = entry
 
     def _new_space(self, node: fx.Node, weight: str, size: int, position: int, axis: int = 0) -> Layout:
-        space = len(self.producers)
-        self.producers[space] = Producer(node.name, weight, size, position, axis)
-        self.uf.find(space)
-        return Layout(axis=-1, segments=(Segment(space, size),))
+        """The layer's output channels: one space, or one per part where its output is split."""
+        bounds = [0, *sorted(c for c in self.cuts.get(node.name, ()) if 0 < c < size), size]
+        segments = []
+        for start, end in itertools.pairwise(bounds):
+            space = len(self.producers)
+            self.producers[space] = Producer(
+                node.name, weight, end - start, position, axis, start, part=len(bounds) > 2
+            )
+            self.uf.find(space)
+            segments.append(Segment(space, end - start))
+        return Layout(axis=-1, segments=tuple(segments))
 
     def _split(self, layout: Layout, runs: int) -> None:
         """Each space of ``layout`` is read or written in ``runs`` equal runs (a grouped convolution)."""
@@ -319,6 +339,8 @@ class _Tracer:
             self._slice(node)
         elif t in ops.SELECT:
             self._select(node)
+        elif t in ops.SPLIT:
+            self._split_channels(node)
         elif t in ops.LAYER_NORM:
             self._layer_norm(node)
         elif t in ops.GROUP_NORM:
@@ -621,17 +643,70 @@ class _Tracer:
         return None
 
     def _slice(self, node: fx.Node) -> None:
-        """``x[..., a:b, ...]``: a crop of another axis (or all of the channel axis) keeps the channels."""
+        """``x[..., a:b, ...]``: a crop of another axis keeps the channels; a range of the channel axis
+        keeps the spaces inside it (a bound inside a layer's space is cut, as for a split)."""
         li = self._layout(_args(node)[0])
         args = _args(node)
         shape = self._shape(args[0])
         dim = int(args[1]) % len(shape) if len(args) > 1 else 0
-        if li is not None and dim == li.axis:
-            start, end, step = [*args[2:5], None, None, None][:3]  # slice(x, dim, start, end, step)
-            if (start or 0) != 0 or not (end is None or end >= shape[dim]) or (step or 1) != 1:
-                return self._stop(node, "a slice of the channel axis")
-        self.layouts[node] = li
+        if li is None or dim != li.axis:
+            self.layouts[node] = li
+            return None
+        start, end, step = [*args[2:5], None, None, None][:3]  # slice(x, dim, start, end, step)
+        begin, stop, _ = slice(start, end).indices(shape[dim])
+        if (step or 1) != 1 or li.blocked or begin >= stop:
+            return self._stop(node, "a strided or flattened slice of the channel axis")
+        starts = {offset: i for i, (_seg, offset) in enumerate(li.offsets())} | {li.columns: len(li.segments)}
+        if begin not in starts or stop not in starts:
+            self._cut_at(li, [begin, stop])
+            return self._stop(node, "a slice of the channel axis (inside a layer's channels)")
+        out = Layout(dim, li.segments[starts[begin] : starts[stop]])
+        for arg, bound in ((2, begin), (3, stop)):
+            if 0 < bound < li.columns:  # the literal follows the widths in front of it
+                self.patches.append(
+                    ShapePatch(node.name, arg, None, Layout(dim, li.segments[: starts[bound]]))
+                )
+        self.layouts[node] = out
         return None
+
+    def _split_channels(self, node: fx.Node) -> None:
+        """``torch.split``/``chunk``: along another axis every part keeps the channels; along the channel
+        axis each part takes the spaces between its bounds. A bound inside a layer's space is recorded
+        (``new_cuts``), and the next pass opens a space per part there (``Producer.part``)."""
+        x, sizes = _args(node)[0], [int(v) for v in _args(node)[1]]
+        li = self._layout(x)
+        dim = int(_args(node)[2]) % len(self._shape(x)) if len(_args(node)) > 2 else 0
+        if li is None or dim != li.axis:
+            self.layouts[node] = dict.fromkeys(range(len(sizes)), li)
+            return None
+        if li.blocked:
+            return self._stop(node, "a split of flattened channels")
+        starts = {offset: i for i, (_seg, offset) in enumerate(li.offsets())} | {li.columns: len(li.segments)}
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        if all(b in starts for b in bounds):
+            parts = {}
+            for i, (a, b) in enumerate(itertools.pairwise(bounds)):
+                parts[i] = Layout(dim, li.segments[starts[a] : starts[b]])
+                self.patches.append(ShapePatch(node.name, 1, i, parts[i]))
+            self.layouts[node] = parts
+            return None
+        self._cut_at(li, bounds)
+        return self._stop(node, "a split of the channel axis (inside a layer's channels)")
+
+    def _cut_at(self, layout: Layout, bounds: list[int]) -> None:
+        """Cut the spaces of ``layout`` at the columns ``bounds`` that fall inside them."""
+        for seg, offset in layout.offsets():
+            inside = [b - offset for b in bounds if offset < b < offset + seg.length]
+            if inside and seg.space != FIXED:
+                self._cut(seg.space, inside)
+
+    def _cut(self, space: int, at: list[int]) -> None:
+        """Ask the next pass to split the layers writing ``space`` (and those coupled with it) at ``at``."""
+        root = self.uf.find(space)
+        for s, p in self.producers.items():
+            if self.uf.find(s) == root and not self.blocks.get(s, 1) > 1:
+                cuts = self.new_cuts.setdefault(p.node, set())
+                cuts.update(p.offset + c for c in at if p.offset + c not in self.cuts.get(p.node, ()))
 
     def _select(self, node: fx.Node) -> None:
         """``x[:, i]`` along another axis (a class token, a time step): the channel axis moves up."""
@@ -706,11 +781,21 @@ def probe_shapes(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> dict[
     return shapes
 
 
+MAX_PASSES = 4
+
+
 def analyse(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> GraphAnalysis:
     """Find every prunable channel group of ``gm`` (an unlifted exported module)."""
     shapes = probe_shapes(gm, example)
-    tracer = _Tracer(gm, shapes)
-    tracer.run()
+    cuts: dict[str, set[int]] = {}
+    for _ in range(MAX_PASSES):  # each pass opens a space per part where the last found a split
+        tracer = _Tracer(gm, shapes, cuts)
+        tracer.run()
+        found = {node: c for node, c in tracer.new_cuts.items() if c}
+        if not found:
+            break
+        for node, c in found.items():
+            cuts.setdefault(node, set()).update(c)
     groups, index = tracer.groups()
     return GraphAnalysis(
         producers=tracer.producers,

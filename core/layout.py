@@ -9,7 +9,10 @@ never pruned.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+
+import torch
 
 FIXED = -1
 
@@ -63,3 +66,15 @@ class Layout:
         return sum(
             (s.length if s.space == FIXED else widths.get(s.space, s.length)) * s.block for s in self.segments
         )
+
+
+def kept_columns(layout: Layout | None, kept: Mapping[int, torch.Tensor], columns: int) -> torch.Tensor:
+    """The columns of an axis laid out as ``layout`` that remain once each space ``s`` keeps the channels
+    ``kept[s]`` (all of them where absent), as indices into the original axis of ``columns``."""
+    if layout is None:
+        return torch.arange(columns)
+    out = []
+    for seg, offset in layout.offsets():
+        chans = kept.get(seg.space, torch.arange(seg.length))
+        out.append(offset + (chans[:, None] * seg.block + torch.arange(seg.block)).flatten())
+    return torch.cat(out)

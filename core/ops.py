@@ -130,6 +130,9 @@ REDUCE = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.defa
 SOFTMAX = {aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
 CAT = {aten.cat.default}
 SLICE = {aten.slice.Tensor}
+# the analysis reads splits in the explicit form (``rewrite.explicit_splits``): one size per part
+SPLIT = {aten.split_with_sizes.default}
+EQUAL_SPLITS = {aten.split.Tensor, aten.chunk.default}
 SELECT = {aten.select.int}
 
 RESHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}

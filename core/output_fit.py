@@ -38,7 +38,7 @@ from torch import fx
 
 from core import ops
 from core.graph import Consumer, GraphAnalysis
-from core.layout import Layout
+from core.layout import kept_columns
 from core.reconstruct import Kept
 from core.selection import ridge_solve
 
@@ -192,17 +192,6 @@ def _rectifier(
     if axis != 1 and scale.numel() and not torch.all(scale == 1):
         return None
     return Rectifier(at.name, _safe(scale), *bounds)
-
-
-def _rows(layout: Layout | None, kept: Kept, channels: int) -> torch.Tensor:
-    """The layer's output channels once narrowed, as indices into the original layer's outputs."""
-    if layout is None:
-        return torch.arange(channels)
-    rows = []
-    for seg, offset in layout.offsets():
-        chans = kept.get(seg.space, torch.arange(seg.length))
-        rows.append(offset + (chans[:, None] * seg.block + torch.arange(seg.block)).flatten())
-    return torch.cat(rows)
 
 
 def max_rows(features: int) -> int:
@@ -405,7 +394,7 @@ def plan(
     if layer is None or features > MAX_FEATURES or positions < ROWS_PER_FEATURE * features:
         return None
     compute = next(cn for cn in analysis.compute if cn.node == c.node)
-    rows = _rows(compute.outputs, kept, out)
+    rows = kept_columns(compute.outputs, kept, out)
     axis = 1 if layer.geometry else len(shape) - 1
     return OutputFit(
         c,

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import fx
 
+from core import ops
 from core.cost import Widths
 from core.graph import GraphAnalysis
 
@@ -21,6 +22,27 @@ def out_of_place(program: torch.export.ExportedProgram) -> torch.export.Exported
         for n in program.graph.nodes
     )
     return program.run_decompositions({}) if mutating else program
+
+
+def explicit_splits(gm: fx.GraphModule) -> None:
+    """``chunk``/``split`` with one size for every part become ``split_with_sizes`` with the size of each
+    (read from the traced shapes), so that pruning can give each part its own width."""
+    changed = False
+    for node in gm.graph.nodes:
+        if node.target not in ops.EQUAL_SPLITS:
+            continue
+        parts, dim = node.meta.get("val"), node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        sizes = [part.shape[dim] for part in parts or ()]
+        if not sizes or not all(isinstance(n, int) for n in sizes):
+            continue  # a symbolic size (the batch axis): nothing to prune there
+        node.target, node.args, node.kwargs = (
+            torch.ops.aten.split_with_sizes.default,
+            (node.args[0], sizes, dim),
+            {},
+        )
+        changed = True
+    if changed:
+        gm.recompile()
 
 
 def patch_shapes(gm: fx.GraphModule, analysis: GraphAnalysis, widths: Widths) -> None:

@@ -210,6 +210,47 @@ class TinyTransformer(nn.Module):
         return self.head(self.encoder(self.embed(x)).mean(dim=1))
 
 
+class ConvBnSiLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.SiLU(inplace=True)
+        )
+
+
+class CSPBottleneck(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.cv1, self.cv2 = ConvBnSiLU(c, c, 3), ConvBnSiLU(c, c, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.cv2(self.cv1(x))
+
+
+class C2f(nn.Module):
+    """YOLOv8's CSP block: the first conv's output is chunked in two, bottlenecks chain on the second
+    half, and every stage is concatenated."""
+
+    def __init__(self, cin: int, cout: int, n: int = 2) -> None:
+        super().__init__()
+        c = cout // 2
+        self.cv1, self.cv2 = ConvBnSiLU(cin, 2 * c), ConvBnSiLU((2 + n) * c, cout)
+        self.m = nn.ModuleList(CSPBottleneck(c) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class CSPNetLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.block, self.head = ConvBnSiLU(3, 16, 3, 2), C2f(16, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
 def export(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
     """Export with a dynamic batch dimension."""
     return torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))

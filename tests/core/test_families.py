@@ -18,6 +18,7 @@ FAMILIES = {
     "mobilenet": (models.MobileNetLike, (3, 32, 32)),
     "transformer": (models.TinyTransformer, (6, 12)),
     "unet": (models.UNetLike, (3, 16, 16)),
+    "csp": (models.CSPNetLike, (3, 16, 16)),
 }
 
 

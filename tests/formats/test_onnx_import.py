@@ -112,6 +112,43 @@ def test_cnn_in_legacy_exporter_style(tmp_path: Path) -> None:
     assert stored <= weights + 8, "weights copied into layers must not also be kept as buffers"
 
 
+def test_a_split_conv_output_is_pruned_part_by_part(tmp_path: Path) -> None:
+    """ONNX ``Split`` (a CSP block's chunk) becomes ``split_with_sizes``: each part of the conv it cuts is
+    a group of its own, and the compressed program splits at the parts' new widths."""
+    from core import CompressionConfig, compress
+
+    nodes = [
+        helper.make_node("Conv", ["x", "stem.weight"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Split", ["r", "halves"], ["a", "b"], axis=1),
+        helper.make_node("Conv", ["b", "inner.weight"], ["i"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["i"], ["ri"]),
+        helper.make_node("Concat", ["a", "ri"], ["cat"], axis=1),
+        helper.make_node("Conv", ["cat", "head.weight"], ["y"]),
+    ]
+    initializers = [
+        _weight("stem.weight", 8, 3, 3, 3),
+        _ints("halves", [3, 5]),
+        _weight("inner.weight", 6, 5, 3, 3),
+        _weight("head.weight", 4, 9, 1, 1),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=13)
+    data = torch.randn(64, 3, 8, 8)
+    result = compress(
+        loaded.program,
+        data,
+        CompressionConfig(widths={"stem[0:3]": 2, "stem[3:8]": 3}),
+        measure_latency=False,
+    )
+    assert result.program.state_dict["stem.weight"].shape[0] == 5
+    splits = [
+        n.args[1] for n in result.program.graph.nodes if n.target is torch.ops.aten.split_with_sizes.default
+    ]
+    assert splits == [[2, 3]]
+    assert result.program.module()(data).shape == (64, 4, 8, 8)
+
+
 def test_transformer_mlp_with_matmul_bias_and_erf_gelu(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("LayerNormalization", ["x", "ln.weight", "ln.bias"], ["n"], axis=-1, epsilon=1e-5),
