@@ -656,16 +656,14 @@ class _Tracer:
         begin, stop, _ = slice(start, end).indices(shape[dim])
         if (step or 1) != 1 or li.blocked or begin >= stop:
             return self._stop(node, "a strided or flattened slice of the channel axis")
-        starts = {offset: i for i, (_seg, offset) in enumerate(li.offsets())} | {li.columns: len(li.segments)}
-        if begin not in starts or stop not in starts:
+        out = li.between(begin, stop)
+        if out is None:
             self._cut_at(li, [begin, stop])
             return self._stop(node, "a slice of the channel axis (inside a layer's channels)")
-        out = Layout(dim, li.segments[starts[begin] : starts[stop]])
         for arg, bound in ((2, begin), (3, stop)):
-            if 0 < bound < li.columns:  # the literal follows the widths in front of it
-                self.patches.append(
-                    ShapePatch(node.name, arg, None, Layout(dim, li.segments[: starts[bound]]))
-                )
+            front = li.between(0, bound)
+            if front is not None and 0 < bound < li.columns:  # the literal follows the widths in front
+                self.patches.append(ShapePatch(node.name, arg, None, front))
         self.layouts[node] = out
         return None
 
@@ -681,17 +679,15 @@ class _Tracer:
             return None
         if li.blocked:
             return self._stop(node, "a split of flattened channels")
-        starts = {offset: i for i, (_seg, offset) in enumerate(li.offsets())} | {li.columns: len(li.segments)}
         bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        if all(b in starts for b in bounds):
-            parts = {}
-            for i, (a, b) in enumerate(itertools.pairwise(bounds)):
-                parts[i] = Layout(dim, li.segments[starts[a] : starts[b]])
-                self.patches.append(ShapePatch(node.name, 1, i, parts[i]))
-            self.layouts[node] = parts
-            return None
-        self._cut_at(li, bounds)
-        return self._stop(node, "a split of the channel axis (inside a layer's channels)")
+        parts = [part for a, b in itertools.pairwise(bounds) if (part := li.between(a, b)) is not None]
+        if len(parts) < len(sizes):
+            self._cut_at(li, bounds)
+            return self._stop(node, "a split of the channel axis (inside a layer's channels)")
+        for i, part in enumerate(parts):
+            self.patches.append(ShapePatch(node.name, 1, i, part))
+        self.layouts[node] = dict(enumerate(parts))
+        return None
 
     def _cut_at(self, layout: Layout, bounds: list[int]) -> None:
         """Cut the spaces of ``layout`` at the columns ``bounds`` that fall inside them."""
@@ -704,7 +700,7 @@ class _Tracer:
         """Ask the next pass to split the layers writing ``space`` (and those coupled with it) at ``at``."""
         root = self.uf.find(space)
         for s, p in self.producers.items():
-            if self.uf.find(s) == root and not self.blocks.get(s, 1) > 1:
+            if self.uf.find(s) == root and self.blocks.get(s, 1) == 1:  # a grouped layer keeps its runs
                 cuts = self.new_cuts.setdefault(p.node, set())
                 cuts.update(p.offset + c for c in at if p.offset + c not in self.cuts.get(p.node, ()))
 
@@ -781,7 +777,7 @@ def probe_shapes(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> dict[
     return shapes
 
 
-MAX_PASSES = 4
+MAX_PASSES = 4  # walks of the graph: each cuts the layers whose split parts the one before found
 
 
 def analyse(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> GraphAnalysis:

@@ -61,6 +61,16 @@ class Layout:
             start += length * seg.block
         return out
 
+    def between(self, begin: int, end: int) -> Layout | None:
+        """The layout of columns ``[begin, end)``: the segments between them, or None where either falls
+        inside a segment (or a channel's block)."""
+        starts = {offset: i for i, (_seg, offset) in enumerate(self.offsets())} | {
+            self.columns: len(self.segments)
+        }
+        if self.blocked or begin not in starts or end not in starts:
+            return None
+        return replace(self, segments=self.segments[starts[begin] : starts[end]])
+
     def columns_for(self, widths: dict[int, int]) -> int:
         """Width of this axis once every space ``s`` keeps ``widths[s]`` channels."""
         return sum(

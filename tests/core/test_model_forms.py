@@ -171,7 +171,7 @@ def test_slices_off_the_channel_axis_keep_channels_prunable() -> None:
     assert result.program.module()(x[:3], z[:3]).shape == (3, 4)
 
 
-def test_a_slice_of_some_channels_leaves_them_whole() -> None:
+def test_a_slice_of_some_channels_prunes_the_part_it_keeps() -> None:
     torch.manual_seed(0)
     x = torch.randn(64, 3, 8, 8)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()).eval()
@@ -186,7 +186,13 @@ def test_a_slice_of_some_channels_leaves_them_whole() -> None:
             return self.fc(self.head(self.body(x)[:, :8]))
 
     net = FirstHalf().eval()
-    result = compress(models.export(net, x[:4]), x, CompressionConfig(flops_ratio=0.8), measure_latency=False)
+    program = models.export(net, x[:4])
+    same = compress(program, x, CompressionConfig(alpha=1.0), measure_latency=False)
+    with torch.no_grad():
+        assert torch.allclose(same.program.module()(x), net(x), atol=1e-5)
+    result = compress(program, x, CompressionConfig(flops_ratio=0.8), measure_latency=False)
     skipped = {s["name"]: s["reason"] for s in result.report["skipped"]}
-    assert skipped["body.0"] == "a slice of the channel axis"
-    assert {layer["name"] for layer in result.report["layers"]} == {"head.0"}
+    assert skipped["body.0[8:16]"] == "no layer consumes its channels"  # computed, then cut off: left whole
+    assert {layer["name"] for layer in result.report["layers"]} == {"body.0[0:8]", "head.0"}
+    kept = next(layer["width_after"] for layer in result.report["layers"] if layer["name"] == "body.0[0:8]")
+    assert result.program.state_dict["body.0.weight"].shape[0] == kept + 8
