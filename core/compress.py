@@ -209,7 +209,8 @@ def _allocate(
     limiting = [
         c.weight.removesuffix(".weight")
         for c in sorted(cost.compute, key=lambda c: -(c.flops if by_flops else 0.0))
-        if not (c.inputs and c.inputs.spaces & set(floor))
+        if c.kind == "layer"
+        and not (c.inputs and c.inputs.spaces & set(floor))
         and not (c.outputs and c.outputs.spaces & set(floor))
     ]
     target = config.flops_ratio if by_flops else config.params_ratio
@@ -245,7 +246,10 @@ def _select(
             params = dict(gm.named_parameters())
             producers = [analysis.producers[s] for s in g.spaces]
             score = sum(
-                _filter_norms(params[p.weight].narrow(p.axis, p.offset, p.size), p.axis) for p in producers
+                _filter_norms(params[p.weight].narrow(p.axis, p.offset, p.rows), p.axis)
+                .reshape(p.size, -1)
+                .sum(1)
+                for p in producers
             )
             order = torch.argsort(torch.as_tensor(score), descending=True, stable=True)
         else:
@@ -334,7 +338,7 @@ def _layer_entry(
 def _estimation_term(cost: CostModel, space_widths: Widths, n: int) -> float:
     """The theory's estimation term ``sum_l m_l m_(l+1) log(n) / n`` over the layers' widths."""
     total = 0.0
-    for c in cost.compute:
+    for c in (c for c in cost.compute if c.kind == "layer"):
         m_in = c.inputs.columns_for(space_widths) if c.inputs else 1
         m_out = c.outputs.columns_for(space_widths) if c.outputs else 1
         total += m_in * m_out

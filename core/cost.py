@@ -1,7 +1,8 @@
 """FLOPs and parameter counts as functions of the kept widths, for the width search.
 
 A conv or linear layer's FLOPs are proportional to its weight's size, so each scales with the ratio
-of its kept input and output widths; FLOPs the analysis does not model (attention matmuls) are fixed.
+of its kept input and output widths, and attention's matrix products (``q @ k^T``, ``a @ v``) with the
+heads kept; FLOPs the analysis does not model are fixed.
 Parameters likewise: each tensor's size scales with the ratio of every channel axis it has.
 """
 
@@ -42,8 +43,3 @@ class CostModel:
 
     def params(self, widths: Widths) -> float:
         return sum(n * math.prod(_ratio(lay, widths) for lay in lays) for n, lays in self.parameters)
-
-    def flops_by_layer(self) -> list[tuple[str, float]]:
-        return sorted(
-            ((c.weight.removesuffix(".weight"), c.flops) for c in self.compute), key=lambda x: -x[1]
-        )

@@ -8,8 +8,10 @@ concats lay spaces side by side, flattens give each channel a block of columns, 
 spaces (residual streams), and conv/linear layers consume it (their input weights are re-fitted). A
 grouped convolution splits the space it reads and the one it opens into equal runs (``blocks``). A
 split along the channel axis hands each part the spaces between its bounds; where a bound falls inside a
-layer's space, the walk runs again with that layer opening one space per part. A space that reaches
-any op the tracer cannot prove safe is *poisoned*: left unpruned, with the reason.
+layer's space, the walk runs again with that layer opening one space per part. A view of a token's
+features as attention heads does the same with heads: the next walk opens spaces whose channels are
+heads of ``D`` rows (``Producer.unit``), which batched products couple (q, k and v keep the same heads).
+A space that reaches any op the tracer cannot prove safe is *poisoned*: left unpruned, with the reason.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from torch import fx
 
 from core import ops
-from core.layout import FIXED, Layout, Segment
+from core.layout import FIXED, Layout, Segment, Stacked
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,15 @@ class Consumer:
 
 @dataclass(frozen=True)
 class ComputeNode:
-    """A conv/linear layer with its per-sample FLOPs; its cost scales with its input and output widths."""
+    """A conv/linear layer (``kind`` "layer") with its per-sample FLOPs, which scale with its input and
+    output widths; or attention's matrix products (``kind`` "attention", ``inputs`` the heads)."""
 
     node: str
     weight: str
     flops: float
     inputs: Layout | None  # layout of the weight's input axis (None: fixed)
     outputs: Layout | None  # layout of the weight's output axis (None: fixed)
+    kind: str = "layer"
 
 
 @dataclass(frozen=True)
@@ -93,11 +97,16 @@ class Producer:
     axis: int = 0  # the weight's output-channel axis (1 for a transposed convolution)
     offset: int = 0
     part: bool = False
+    unit: int = 1  # weight rows per channel: an attention head's dimension where heads are pruned
+
+    @property
+    def rows(self) -> int:
+        return self.size * self.unit
 
     @property
     def name(self) -> str:
         layer = self.weight.removesuffix(".weight")
-        return f"{layer}[{self.offset}:{self.offset + self.size}]" if self.part else layer
+        return f"{layer}[{self.offset}:{self.offset + self.rows}]" if self.part else layer
 
 
 @dataclass
@@ -196,16 +205,34 @@ def _regroup(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], li
     return groups
 
 
+def _unstacked(stacked: Stacked, dim: int, index: int) -> Layout | None:
+    """The layout of ``stacked``'s part ``index`` once its axis ``dim`` is selected away (None if ``dim``
+    is not the stacking axis)."""
+    if dim != stacked.axis:
+        return None
+    part = stacked.parts[index]
+    return part.moved(part.axis - (dim < part.axis))
+
+
+STACKED_OPS = ops.PERMUTE | ops.TRANSPOSE | ops.SELECT | ops.UNBIND
+
+
 class _Tracer:
     """Walks the graph once, propagating layouts; see the module docstring."""
 
     def __init__(
-        self, gm: fx.GraphModule, shapes: dict[str, tuple[int, ...]], cuts: dict[str, set[int]] | None = None
+        self,
+        gm: fx.GraphModule,
+        shapes: dict[str, tuple[int, ...]],
+        cuts: dict[str, set[int]] | None = None,
+        units: dict[str, int] | None = None,
     ) -> None:
         self.gm = gm
         self.shapes = shapes
         self.cuts = cuts or {}  # layer node -> output channels where a split of its output cuts it
         self.new_cuts: dict[str, set[int]] = {}
+        self.units = units or {}  # layer node -> head dimension, where its output is read as heads
+        self.new_units: dict[str, int] = {}
         self.layouts: dict[fx.Node, Any] = {}
         self.uf = _UnionFind()
         self.poison: dict[int, str] = {}
@@ -233,6 +260,9 @@ class _Tracer:
         elif isinstance(layout, dict):
             for v in layout.values():
                 self._poison(v, reason)
+        elif isinstance(layout, Stacked):
+            for part in layout.parts:
+                self._poison(part, reason)
 
     def _layout(self, value: Any) -> Layout | None:
         out = self.layouts.get(value) if isinstance(value, fx.Node) else None
@@ -263,16 +293,20 @@ class _Tracer:
         self.param_axes[key] = entry
 
     def _new_space(self, node: fx.Node, weight: str, size: int, position: int, axis: int = 0) -> Layout:
-        """The layer's output channels: one space, or one per part where its output is split."""
+        """The layer's output channels: one space, or one per part where its output is split; where the
+        output is read as attention heads, each head (``unit`` rows) is one channel of the space."""
         bounds = [0, *sorted(c for c in self.cuts.get(node.name, ()) if 0 < c < size), size]
+        unit = self.units.get(node.name, 1)
+        if any((end - start) % unit for start, end in itertools.pairwise(bounds)):
+            unit = 1
         segments = []
         for start, end in itertools.pairwise(bounds):
             space = len(self.producers)
             self.producers[space] = Producer(
-                node.name, weight, end - start, position, axis, start, part=len(bounds) > 2
+                node.name, weight, (end - start) // unit, position, axis, start, len(bounds) > 2, unit
             )
             self.uf.find(space)
-            segments.append(Segment(space, end - start))
+            segments.append(Segment(space, (end - start) // unit, unit))
         return Layout(axis=-1, segments=tuple(segments))
 
     def _split(self, layout: Layout, runs: int) -> None:
@@ -296,6 +330,12 @@ class _Tracer:
                 # the unlifted module's input guard only reads shapes
                 self.layouts[node] = None
             elif node.op == "call_function":
+                stacked = any(isinstance(self.layouts.get(x), Stacked) for x in node.all_input_nodes)
+                if stacked and node.target not in STACKED_OPS:
+                    self._stop(
+                        node, "stacked heads (a fused q/k/v) meet an op other than a permute or unbind"
+                    )
+                    continue
                 try:
                     self._visit(node, position)
                 except Exception as exc:  # an op with arguments the tracer did not expect: stay safe
@@ -309,6 +349,10 @@ class _Tracer:
             self._conv(node, position)
         elif t in ops.LINEAR:
             self._linear(node, position)
+        elif t in ops.MATMUL:
+            self._matmul(node)
+        elif t in ops.ATTENTION:
+            self._attention(node)
         elif t in ops.BATCH_NORM:
             self._batch_norm(node)
         elif t in ops.INSTANCE_NORM:
@@ -339,6 +383,8 @@ class _Tracer:
             self._slice(node)
         elif t in ops.SELECT:
             self._select(node)
+        elif t in ops.UNBIND:
+            self._unbind(node)
         elif t in ops.SPLIT:
             self._split_channels(node)
         elif t in ops.LAYER_NORM:
@@ -593,6 +639,9 @@ class _Tracer:
             before = [d for d in gi if d < li.axis]
             if any(src[d] != 1 for d in before):
                 break
+            features = li.axis == len(src) - 1  # tokens' features, as attention splits them into heads
+            if features and gi == [li.axis] and len(gj) in (2, 3) and all(dst[d] > 1 for d in gj):
+                return self._heads(node, li, gj, [dst[d] for d in gj])
             kept = [d for d in gj if dst[d] != 1]
             if len(kept) > 1:
                 break
@@ -606,6 +655,88 @@ class _Tracer:
             return None
         return self._stop(node, "a reshape splits or mixes the channel axis")
 
+    def _heads(self, node: fx.Node, li: Layout, axes: list[int], sizes: list[int]) -> None:
+        """``view(B, N, H * D) -> (B, N, H, D)``: channels read as ``H`` attention heads of ``D`` each; or
+        ``(B, N, 3 * H * D) -> (B, N, 3, H, D)``: a fused q/k/v, stacked on the new axis of size 3.
+        Where every channel already is a head of ``D`` rows (in one part per stacked index), the heads axis
+        carries the layout; else the next walk makes each head one channel (and cuts the fused parts)."""
+        dim, heads = sizes[-1], sizes[-2]
+        stack = sizes[0] if len(sizes) == 3 else 1
+        ready = all(s.block == dim and s.length == heads for s in li.segments)
+        if ready and len(li.segments) == stack == 1:
+            out = Layout(axes[-2], (Segment(li.segments[0].space, heads),))
+            self._patch_literal(node, out)
+            self.layouts[node] = out
+            return None
+        if ready and len(li.segments) == stack:
+            parts = tuple(Layout(axes[-2], (Segment(s.space, heads),)) for s in li.segments)
+            self._patch_literal(node, parts[0])
+            self.layouts[node] = Stacked(axes[0], parts)
+            return None
+        if all(s.block == 1 and s.length % dim == 0 and s.space != FIXED for s in li.segments):
+            if len(sizes) == 3 and len(li.segments) == 1:
+                self._cut(li.segments[0].space, [heads * dim * i for i in range(1, stack)])
+            for s in li.segments:
+                root = self.uf.find(s.space)
+                for space, p in self.producers.items():
+                    if self.uf.find(space) == root and p.unit == 1 and self.blocks.get(space, 1) == 1:
+                        self.new_units[p.node] = dim
+        return self._stop(node, "a reshape splits the channel axis (other than into attention heads)")
+
+    def _batched(self, node: fx.Node, operands: list[Any]) -> None:
+        """An op batched over the leading axes of ``operands`` (matmul, attention): a layout on a batch
+        axis (attention heads) passes through, and operands laid out on the same axis keep the same
+        channels (coupled, as q, k and v keep the same heads)."""
+        rank = len(self._shape(node))
+        aligned = []  # each operand with its layout on the output's axes
+        for x in operands:
+            li = self._layout(x)
+            aligned.append((x, None if li is None else li.moved(li.axis + rank - len(self._shape(x)))))
+        tracked = [li for _x, li in aligned if li is not None]
+        if not tracked:
+            self.layouts[node] = None
+            return None
+        first = tracked[0]
+        if first.axis >= rank - 2:
+            return self._stop(node, "a matrix product over the channel axis")
+        for x, li in aligned:
+            own = first.axis - rank + len(self._shape(x))  # the operand's axis under the output's
+            if li is None and own >= 0 and self._shape(x)[own] != 1:
+                return self._stop(
+                    node, "combined channel by channel with channels left whole (see their reason)"
+                )
+            shape = [(s.length, s.block) for s in first.segments]
+            if li is not None and (
+                li.axis != first.axis or [(s.length, s.block) for s in li.segments] != shape
+            ):
+                return self._stop(node, "two differently laid-out channel sets meet")
+        for li in tracked[1:]:
+            for sa, sb in zip(first.segments, li.segments, strict=True):
+                if (sa.space == FIXED) != (sb.space == FIXED):
+                    return self._stop(node, "combined with channels that cannot be pruned")
+                if sa.space != FIXED:
+                    self.uf.union(sa.space, sb.space)
+        self.layouts[node] = first
+        # attention's FLOPs stay fixed: torch's FLOP counter, which the report uses, skips its CPU kernel
+        if node.target in ops.MATMUL:
+            flops = 2.0 * math.prod(self._shape(node)[1:]) * self._shape(operands[0])[-1]  # 2 * out * inner
+            self.compute.append(ComputeNode(node.name, node.name, flops, first.moved(0), None, "attention"))
+        return None
+
+    def _matmul(self, node: fx.Node) -> None:
+        a, b = _args(node)[0], _args(node)[1]
+        if len(self._shape(a)) < 3 or len(self._shape(b)) < 3:
+            return self._stop(node, "a matrix product over the channel axis")
+        return self._batched(node, [a, b])
+
+    def _attention(self, node: fx.Node) -> None:
+        """``scaled_dot_product_attention(q, k, v, mask)``: q, k and v keep the same heads."""
+        args = _args(node)
+        mask = args[3] if len(args) > 3 else node.kwargs.get("attn_mask")
+        if self._layout(mask) is not None:
+            return self._stop(node, "an attention mask computed from the channels")
+        return self._batched(node, list(args[:3]))
+
     def _patch_literal(self, node: fx.Node, out: Layout) -> None:
         if node.target in ops.RESHAPE and isinstance(_args(node)[1], list | tuple):
             value = _args(node)[1][out.axis]
@@ -613,19 +744,24 @@ class _Tracer:
                 self.patches.append(ShapePatch(node.name, 1, out.axis, out))
 
     def _permute(self, node: fx.Node) -> None:
-        li = self._layout(_args(node)[0])
-        if li is None:
+        value = self.layouts.get(_args(node)[0])
+        if not isinstance(value, Layout | Stacked):
             self.layouts[node] = None
             return
         rank = len(self._shape(node))
         if node.target is ops.aten.permute.default:
             dims = [int(d) % rank for d in _args(node)[1]]
-            self.layouts[node] = li.moved(dims.index(li.axis))
-            return
-        d0, d1 = (0, 1) if node.target is ops.aten.t.default else (int(_args(node)[1]), int(_args(node)[2]))
-        d0, d1 = d0 % rank, d1 % rank
-        swap = {d0: d1, d1: d0}
-        self.layouts[node] = li.moved(swap.get(li.axis, li.axis))
+            where = [dims.index(axis) for axis in range(rank)]  # old axis -> new position
+        else:
+            t = node.target is ops.aten.t.default
+            d0, d1 = (0, 1) if t else (int(_args(node)[1]) % rank, int(_args(node)[2]) % rank)
+            where = list(range(rank))
+            where[d0], where[d1] = d1, d0
+        if isinstance(value, Stacked):
+            parts = tuple(part.moved(where[part.axis]) for part in value.parts)
+            self.layouts[node] = Stacked(where[value.axis], parts)
+        else:
+            self.layouts[node] = value.moved(where[value.axis])
 
     def _reduce(self, node: fx.Node) -> None:
         li = self._layout(_args(node)[0])
@@ -705,15 +841,43 @@ class _Tracer:
                 cuts.update(p.offset + c for c in at if p.offset + c not in self.cuts.get(p.node, ()))
 
     def _select(self, node: fx.Node) -> None:
-        """``x[:, i]`` along another axis (a class token, a time step): the channel axis moves up."""
-        li = self._layout(_args(node)[0])
+        """``x[:, i]`` along another axis (a class token, a time step): the channel axis moves up; along
+        the axis of stacked heads, the heads of part ``i`` (``qkv[0]``: q)."""
+        x = _args(node)[0]
+        dim = int(_args(node)[1]) % len(self._shape(x))
+        stacked = self.layouts.get(x)
+        if isinstance(stacked, Stacked):
+            part = _unstacked(stacked, dim, int(_args(node)[2]))
+            if part is None:
+                return self._stop(node, "a selection across stacked heads")
+            self.layouts[node] = part
+            return None
+        li = self._layout(x)
         if li is None:
             self.layouts[node] = None
             return None
-        dim = int(_args(node)[1]) % len(self._shape(_args(node)[0]))
         if dim == li.axis:
             return self._stop(node, "a selection of single channels")
         self.layouts[node] = li.moved(li.axis - (dim < li.axis))
+        return None
+
+    def _unbind(self, node: fx.Node) -> None:
+        """``x.unbind(dim)``: each slice keeps the channels (another axis) or the heads of its part (the
+        axis of stacked heads: ``q, k, v = qkv.unbind(0)``)."""
+        x = _args(node)[0]
+        value = self.layouts.get(x)
+        dim = (int(_args(node)[1]) if len(_args(node)) > 1 else 0) % len(self._shape(x))
+        count = self._shape(x)[dim]
+        if isinstance(value, Stacked):
+            parts = [_unstacked(value, dim, i) for i in range(count)]
+            if any(part is None for part in parts):
+                return self._stop(node, "an unbind across stacked heads")
+            self.layouts[node] = dict(enumerate(parts))
+            return None
+        li = self._layout(x)
+        if li is not None and dim == li.axis:
+            return self._stop(node, "an unbind of the channel axis")
+        self.layouts[node] = dict.fromkeys(range(count), li and li.moved(li.axis - (dim < li.axis)))
         return None
 
     def _softmax(self, node: fx.Node) -> None:
@@ -784,14 +948,17 @@ def analyse(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> GraphAnaly
     """Find every prunable channel group of ``gm`` (an unlifted exported module)."""
     shapes = probe_shapes(gm, example)
     cuts: dict[str, set[int]] = {}
-    for _ in range(MAX_PASSES):  # each pass opens a space per part where the last found a split
-        tracer = _Tracer(gm, shapes, cuts)
+    units: dict[str, int] = {}
+    for _ in range(MAX_PASSES):  # each pass opens the spaces (parts, heads) the one before found
+        tracer = _Tracer(gm, shapes, cuts, units)
         tracer.run()
         found = {node: c for node, c in tracer.new_cuts.items() if c}
-        if not found:
+        heads = {node: d for node, d in tracer.new_units.items() if node not in units}
+        if not found and not heads:
             break
         for node, c in found.items():
             cuts.setdefault(node, set()).update(c)
+        units.update(heads)
     groups, index = tracer.groups()
     return GraphAnalysis(
         producers=tracer.producers,

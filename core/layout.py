@@ -88,3 +88,12 @@ def kept_columns(layout: Layout | None, kept: Mapping[int, torch.Tensor], column
         chans = kept.get(seg.space, torch.arange(seg.length))
         out.append(offset + (chans[:, None] * seg.block + torch.arange(seg.block)).flatten())
     return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """Layouts stacked along ``axis``: index ``i`` of that axis holds channels laid out as ``parts[i]``
+    (a fused q/k/v projection viewed as ``(3, heads, head_dim)``: q's, k's and v's heads)."""
+
+    axis: int
+    parts: tuple[Layout, ...]

@@ -20,6 +20,9 @@ CONV = {
 }
 CONV_TRANSPOSE = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 LINEAR = {aten.linear.default}
+# batched over leading axes: attention heads are a batch axis of both operands
+MATMUL = {aten.matmul.default}
+ATTENTION = {aten.scaled_dot_product_attention.default}
 
 # batch norm in inference form: (input, weight, bias, running_mean, running_var, ...)
 BATCH_NORM = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default}
@@ -134,6 +137,7 @@ SLICE = {aten.slice.Tensor}
 SPLIT = {aten.split_with_sizes.default}
 EQUAL_SPLITS = {aten.split.Tensor, aten.chunk.default}
 SELECT = {aten.select.int}
+UNBIND = {aten.unbind.int}
 
 RESHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 FLATTEN = {aten.flatten.using_ints}

@@ -210,6 +210,62 @@ class TinyTransformer(nn.Module):
         return self.head(self.encoder(self.embed(x)).mean(dim=1))
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention in the two ways models write it: as Hugging Face does (separate q/k/v
+    projections, each viewed as heads, ``scaled_dot_product_attention``, an output projection ``o``) or
+    as timm does (one fused ``qkv`` projection viewed as ``(3, heads, head_dim)`` and unbound, the
+    explicit ``softmax(q k^T) v``, an output projection ``proj``)."""
+
+    def __init__(self, d: int = 32, heads: int = 4, fused_qkv: bool = False) -> None:
+        super().__init__()
+        self.heads, self.fused_qkv = heads, fused_qkv
+        if fused_qkv:
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        else:
+            self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        dim = c // self.heads
+        if not self.fused_qkv:
+            q, k, v = (p(x).view(b, n, self.heads, dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+            out = nn.functional.scaled_dot_product_attention(q, k, v)
+            return self.o(out.transpose(1, 2).reshape(b, n, c))
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = torch.softmax((q * dim**-0.5) @ k.transpose(-2, -1), dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, d: int, heads: int, fused_qkv: bool) -> None:
+        super().__init__()
+        self.norm1, self.attn, self.norm2 = (
+            nn.LayerNorm(d),
+            SelfAttention(d, heads, fused_qkv),
+            nn.LayerNorm(d),
+        )
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, two pre-norm blocks (Hugging Face's attention, then timm's), a mean-pooled head:
+    attention heads and MLP units are prunable."""
+
+    def __init__(self, d: int = 32, heads: int = 4, classes: int = 5) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, 4)
+        self.blocks = nn.Sequential(ViTBlock(d, heads, fused_qkv=False), ViTBlock(d, heads, fused_qkv=True))
+        self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.blocks(tokens)).mean(dim=1))
+
+
 class ConvBnSiLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, k: int = 1, stride: int = 1) -> None:
         super().__init__(
