@@ -669,6 +669,8 @@ class _Tracer:
             self.layouts[node] = out
             return None
         if ready and len(li.segments) == stack:
+            for s in li.segments[1:]:  # one view gives q, k and v their head count: the same heads
+                self.uf.union(li.segments[0].space, s.space)
             parts = tuple(Layout(axes[-2], (Segment(s.space, heads),)) for s in li.segments)
             self._patch_literal(node, parts[0])
             self.layouts[node] = Stacked(axes[0], parts)
