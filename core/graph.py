@@ -214,7 +214,8 @@ def _unstacked(stacked: Stacked, dim: int, index: int) -> Layout | None:
     return part.moved(part.axis - (dim < part.axis))
 
 
-STACKED_OPS = ops.PERMUTE | ops.TRANSPOSE | ops.SELECT | ops.UNBIND
+# what a stacked q/k/v may meet on its way to be taken apart (ONNX writes unbind as split + squeeze)
+STACKED_OPS = ops.PERMUTE | ops.TRANSPOSE | ops.SELECT | ops.UNBIND | ops.SPLIT | ops.SQUEEZE | ops.RESHAPE
 
 
 class _Tracer:
@@ -628,6 +629,9 @@ class _Tracer:
 
     def _reshape(self, node: fx.Node) -> None:
         x = _args(node)[0]
+        stacked = self.layouts.get(x)
+        if isinstance(stacked, Stacked):
+            return self._squeeze_stacked(node, stacked)
         li = self._layout(x)
         if li is None:
             self.layouts[node] = None
@@ -739,6 +743,16 @@ class _Tracer:
             return self._stop(node, "an attention mask computed from the channels")
         return self._batched(node, list(args[:3]))
 
+    def _squeeze_stacked(self, node: fx.Node, stacked: Stacked) -> None:
+        """A single part of stacked heads (``split`` into ones along the stacking axis) with that axis
+        squeezed away: the part's heads."""
+        src, dst = self._shape(_args(node)[0]), self._shape(node)
+        axis = stacked.axis
+        if len(stacked.parts) != 1 or src[axis] != 1 or tuple(dst) != src[:axis] + src[axis + 1 :]:
+            return self._stop(node, "a reshape of stacked heads")
+        self.layouts[node] = _unstacked(stacked, axis, 0)
+        return None
+
     def _patch_literal(self, node: fx.Node, out: Layout) -> None:
         if node.target in ops.RESHAPE and isinstance(_args(node)[1], list | tuple):
             value = _args(node)[1][out.axis]
@@ -812,6 +826,12 @@ class _Tracer:
         x, sizes = _args(node)[0], [int(v) for v in _args(node)[1]]
         li = self._layout(x)
         dim = int(_args(node)[2]) % len(self._shape(x)) if len(_args(node)) > 2 else 0
+        stacked = self.layouts.get(x)
+        if isinstance(stacked, Stacked):  # q, k and v apart, each still on a stacking axis of one
+            if dim != stacked.axis or sizes != [1] * len(stacked.parts):
+                return self._stop(node, "a split across stacked heads")
+            self.layouts[node] = {i: Stacked(dim, (part,)) for i, part in enumerate(stacked.parts)}
+            return None
         if li is None or dim != li.axis:
             self.layouts[node] = dict.fromkeys(range(len(sizes)), li)
             return None

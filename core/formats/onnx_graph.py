@@ -71,6 +71,9 @@ def read_graph(model: Any, supported_ops: frozenset[str]) -> GraphSpec:
             )
         if spec.op_type == "Constant":
             constants[spec.outputs[0]] = _constant_value(spec)
+        elif spec.op_type == "Identity" and spec.inputs[0] in constants:
+            # an exporter's alias of a weight (the legacy exporter writes one per shared initializer)
+            constants[spec.outputs[0]] = constants[spec.inputs[0]]
         else:
             nodes.append(spec)
     unsupported = sorted({n.op_type for n in nodes} - supported_ops)

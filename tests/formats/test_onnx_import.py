@@ -149,6 +149,29 @@ def test_a_split_conv_output_is_pruned_part_by_part(tmp_path: Path) -> None:
     assert result.program.module()(data).shape == (64, 4, 8, 8)
 
 
+def test_a_vit_exported_to_onnx_keeps_its_heads_prunable(tmp_path: Path) -> None:
+    """torch's ONNX exporter writes a fused q/k/v's unbind as Split + Squeeze and aliases shared weights
+    through Identity nodes: both separate and fused q/k/v heads stay prunable after the import."""
+    from core import CompressionConfig, compress
+    from tests.core import models
+
+    torch.manual_seed(0)
+    model, x = models.TinyViT().eval(), torch.randn(64, 3, 16, 16)
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(model, (x[:2],), path, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    assert any(node.op_type == "Identity" for node in onnx.load(path).graph.node)
+    program = load_model(path).program
+    heads = {"blocks.0.attn.q+2": 2, "blocks.1.attn.qkv[0:32]+2": 3}
+    result = compress(program, x, CompressionConfig(widths=heads), measure_latency=False)
+    assert {layer["name"]: layer["width_after"] for layer in result.report["layers"]} == {
+        **heads,
+        "blocks.0.mlp.0": 128,
+        "blocks.1.mlp.0": 128,
+    }
+    assert result.program.state_dict["blocks.1.attn.qkv.weight"].shape == (72, 32)
+    assert result.program.module()(x[:5]).shape == (5, 5)
+
+
 def test_transformer_mlp_with_matmul_bias_and_erf_gelu(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("LayerNormalization", ["x", "ln.weight", "ln.bias"], ["n"], axis=-1, epsilon=1e-5),
