@@ -88,3 +88,68 @@ def test_heads_are_allocated_with_the_rest_and_run_fresh(setup, run_fresh) -> No
     y, info = run_fresh(result.program, x[:3])
     assert info["shape"] == [3, 5]
     assert torch.allclose(y, result.program.module()(x[:3]), atol=1e-5)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class _Variant(torch.nn.Module):
+    """One attention block in the forms decoder and encoder models use: a causal mask, an additive
+    padding mask, rotary position embeddings, LayerNorm'd q and k, cross-attention, grouped k/v heads."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form, d, kv = form, 32, 2 if form == "grouped" else 4
+        self.embed, self.context = torch.nn.Linear(12, d), torch.nn.Linear(12, d)
+        self.q, self.o = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
+        self.k, self.v = torch.nn.Linear(d, 8 * kv), torch.nn.Linear(d, 8 * kv)
+        self.q_norm, self.k_norm = torch.nn.LayerNorm(8), torch.nn.LayerNorm(8)
+        self.register_buffer("cos", torch.rand(6, 8))
+        self.register_buffer("sin", torch.rand(6, 8))
+        self.head = torch.nn.Linear(d, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        src = self.context(x.flip(1)[:, :4]) if self.form == "cross" else h
+        b, n, m = h.shape[0], h.shape[1], src.shape[1]
+        q = self.q(h).view(b, n, 4, 8).transpose(1, 2)
+        k, v = (p(src).view(b, m, -1, 8).transpose(1, 2) for p in (self.k, self.v))
+        if self.form == "rotary":
+            q, k = q * self.cos + _rotate_half(q) * self.sin, k * self.cos + _rotate_half(k) * self.sin
+        if self.form == "qk_norm":
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.form == "grouped":
+            k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        if self.form == "padding":
+            mask = torch.zeros(b, 1, 1, m)
+            mask[..., -1] = -1e9
+            out = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + mask, dim=-1) @ v
+        else:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.form == "causal")
+        return self.head((h + self.o(out.transpose(1, 2).reshape(b, n, 32))).mean(1))
+
+
+@pytest.mark.parametrize("form", ["causal", "padding", "rotary", "qk_norm", "cross"])
+def test_attention_forms_drop_dead_heads_exactly(form: str) -> None:
+    torch.manual_seed(0)
+    model, x = _Variant(form).eval(), torch.randn(64, 6, 12)
+    with torch.no_grad():
+        for h in (1, 3):
+            model.v.weight[8 * h : 8 * h + 8] = 0
+            model.v.bias[8 * h : 8 * h + 8] = 0
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    result = compress(program, x, CompressionConfig(widths={"q+2": 2}), measure_latency=False)
+    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == "q+2") == [0, 2]
+    assert result.program.state_dict["o.weight"].shape == (32, 16)
+    with torch.no_grad():
+        assert _rel(result.program.module()(x), model(x)) < 1e-5
+
+
+def test_grouped_key_value_heads_are_left_whole() -> None:
+    torch.manual_seed(0)
+    model, x = _Variant("grouped").eval(), torch.randn(64, 6, 12)
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    groups = {g.name: g for g in analyse(program.module(), (x[:2],)).groups}
+    assert all(groups[name].skipped for name in ("q", "k", "v"))
