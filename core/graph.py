@@ -87,8 +87,9 @@ class ShapePatch:
 
 @dataclass
 class Producer:
-    """A space: ``size`` output channels of a layer, from ``offset`` on (a layer whose output is split
-    along its channels, ``torch.chunk``, opens a space per part; else one space of all of them)."""
+    """A space: ``size`` output channels of a layer, from row ``offset`` on (a layer whose output is split
+    along its channels, ``torch.chunk``, opens a space per part; else one space of all of them). A
+    channel is ``unit`` rows: one, or an attention head's dimension where the output is read as heads."""
 
     node: str
     weight: str
