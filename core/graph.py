@@ -684,10 +684,7 @@ class _Tracer:
             if len(sizes) == 3 and len(li.segments) == 1:
                 self._cut(li.segments[0].space, [heads * dim * i for i in range(1, stack)])
             for s in li.segments:
-                root = self.uf.find(s.space)
-                for space, p in self.producers.items():
-                    if self.uf.find(space) == root and p.unit == 1 and self.blocks.get(space, 1) == 1:
-                        self.new_units[p.node] = dim
+                self.new_units.update({p.node: dim for p in self._writers(s.space) if p.unit == 1})
         return self._stop(node, "a reshape splits the channel axis (other than into attention heads)")
 
     def _batched(self, node: fx.Node, operands: list[Any]) -> None:
@@ -855,13 +852,18 @@ class _Tracer:
             if inside and seg.space != FIXED:
                 self._cut(seg.space, inside)
 
+    def _writers(self, space: int) -> list[Producer]:
+        """The layers writing ``space`` or a space coupled with it, but grouped ones (they keep their runs)."""
+        root = self.uf.find(space)
+        return [
+            p for s, p in self.producers.items() if self.uf.find(s) == root and self.blocks.get(s, 1) == 1
+        ]
+
     def _cut(self, space: int, at: list[int]) -> None:
         """Ask the next pass to split the layers writing ``space`` (and those coupled with it) at ``at``."""
-        root = self.uf.find(space)
-        for s, p in self.producers.items():
-            if self.uf.find(s) == root and self.blocks.get(s, 1) == 1:  # a grouped layer keeps its runs
-                cuts = self.new_cuts.setdefault(p.node, set())
-                cuts.update(p.offset + c for c in at if p.offset + c not in self.cuts.get(p.node, ()))
+        for p in self._writers(space):
+            cuts = self.new_cuts.setdefault(p.node, set())
+            cuts.update(p.offset + c for c in at if p.offset + c not in self.cuts.get(p.node, ()))
 
     def _select(self, node: fx.Node) -> None:
         """``x[:, i]`` along another axis (a class token, a time step): the channel axis moves up; along
