@@ -27,7 +27,7 @@ from core.cost import CostModel, Widths
 from core.covariance import Moments, Observation, collect_moments
 from core.errors import ConfigError, UnsupportedModelError
 from core.graph import ChannelGroup, GraphAnalysis, analyse, probe_shapes
-from core.layout import kept_columns
+from core.layout import channel_columns, kept_columns
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.recovery import recover
 from core.selection import balanced, consumer_gram, greedy_select, losses, refit_map
@@ -35,6 +35,7 @@ from core.sequential import sequential_refit
 
 Progress = Callable[[str, float], None]
 DOF_LAMBDA = 1e-3  # N(lambda) is reported at lambda = 1e-3 tr S: directions above 0.1% of the energy
+COLUMN_LIMIT = 4096  # a group of heads is observed column by column up to this many columns ((m D)^2 moments)
 ACTIVATION_BUDGET = {"cpu": 1 << 30, "cuda": 4 << 30}  # bytes of activations per calibration batch
 
 
@@ -50,11 +51,16 @@ class CompressionResult:
 
 @dataclass
 class _GroupStats:
-    """A prunable group's combined second moment and the per-observation ones used to re-fit."""
+    """A prunable group's combined second moment and the per-observation ones used to re-fit.
+
+    For a group of attention heads of ``unit`` = D > 1 columns each, ``by_observation`` holds all ``m D``
+    columns (a head's dimensions are distinct features: the re-fit maps every one of them), and
+    ``second_moment``, which selection and the report use, sums each pair of heads' aligned columns."""
 
     second_moment: torch.Tensor  # (m, m)
     by_observation: dict[tuple[str, int], torch.Tensor]  # (observed node, space) -> S there
     tau: float
+    unit: int = 1
 
 
 class _Clock:
@@ -93,22 +99,41 @@ def _batch_size(
     return cal.batch_size(specs, max(1, min(256, fits)))
 
 
-def _observations(analysis: GraphAnalysis, groups: list[ChannelGroup]) -> list[Observation]:
+def _head_dim(analysis: GraphAnalysis, g: ChannelGroup) -> int:
+    """D where ``g``'s channels are attention heads of D columns that every consumer reads as such (and
+    the ``m D`` columns are at most ``COLUMN_LIMIT``): its statistics are gathered column by column, so
+    the re-fit maps the kept heads' columns onto every column. Else 1."""
+    read = [seg for c in g.consumers for seg in c.layout.segments if seg.space in g.spaces]
+    units = {seg.block for seg in read} | {analysis.producers[seg.space].unit for seg in read}
+    if len(units) != 1 or g.size * min(units) > COLUMN_LIMIT:
+        return 1
+    return units.pop()
+
+
+def _observations(
+    analysis: GraphAnalysis, groups: list[ChannelGroup], units: dict[str, int]
+) -> list[Observation]:
+    """Where each group's statistics are gathered: its consumers' inputs (``units``: ``_head_dim``)."""
     spaces: dict[str, set[int]] = {}
     layouts = {}
+    by_column = frozenset(s for g in groups if units[g.name] > 1 for s in g.spaces)
     for g in groups:
         for c in g.consumers:
             rank = len(analysis.shapes[c.observed])
             layouts[c.observed] = c.layout.moved(rank - 1 if c.kind == "linear" else 1)
             spaces.setdefault(c.observed, set()).update(set(g.spaces) & c.layout.spaces)
-    return [Observation(node, layouts[node], frozenset(s)) for node, s in spaces.items()]
+    return [Observation(node, layouts[node], frozenset(s), by_column & s) for node, s in spaces.items()]
 
 
-def _group_stats(g: ChannelGroup, moments: dict[tuple[str, int], Moments], ridge: float) -> _GroupStats:
+def _group_stats(
+    g: ChannelGroup, moments: dict[tuple[str, int], Moments], ridge: float, unit: int
+) -> _GroupStats:
     mine = {key: m.second_moment for key, m in moments.items() if key[1] in g.spaces}
     s = sum(mine.values())
     assert isinstance(s, torch.Tensor), f"no statistics reached group {g.name}"
-    return _GroupStats(s, mine, ridge * float(torch.trace(s)) / g.size)
+    if unit > 1:  # S_hh' = sum_d S_(h,d),(h',d)
+        s = torch.einsum("iaja->ij", s.reshape(g.size, unit, g.size, unit))
+    return _GroupStats(s, mine, ridge * float(torch.trace(s)) / g.size, unit)
 
 
 def _consumer_weights(
@@ -300,9 +325,11 @@ def _refits(groups: list[ChannelGroup], stats: dict[str, _GroupStats], kept: Kep
             for s in set(g.spaces) & c.layout.spaces:
                 if s not in kept:
                     continue
-                s_obs = stats[g.name].by_observation[(c.observed, s)]
-                tau = ridge * float(torch.trace(s_obs)) / g.size
-                out[(c.weight, s)] = refit_map(s_obs, kept[s].to(s_obs.device), tau, c.groups).cpu()
+                st = stats[g.name]
+                s_obs = st.by_observation[(c.observed, s)]
+                tau = ridge * float(torch.trace(s_obs)) / s_obs.shape[0]
+                j = channel_columns(kept[s], st.unit).to(s_obs.device)
+                out[(c.weight, s)] = refit_map(s_obs, j, tau, c.groups).cpu()
     return out
 
 
@@ -385,10 +412,12 @@ def _prune(
     batches = data.batches(batch)
     if cal.batch_size(specs, 0):  # a static batch dim: only full batches run
         batches = [b for b in batches if b[0].shape[0] == batch] or batches
+    units = {g.name: _head_dim(analysis, g) for g in prunable}
+    observations = _observations(analysis, prunable, units)
     moments = collect_moments(
-        gm, _observations(analysis, prunable), batches, device, lambda i: clock.report((i + 1) / len(batches))
+        gm, observations, batches, device, lambda i: clock.report((i + 1) / len(batches))
     )
-    stats = {g.name: _group_stats(g, moments, config.ridge) for g in prunable}
+    stats = {g.name: _group_stats(g, moments, config.ridge, units[g.name]) for g in prunable}
 
     clock.stage("selection")
     grams = {
@@ -435,6 +464,7 @@ def _prune(
             lambda i, n: clock.report(i / n),
             output_level=config.refit == "output",
             rectified_steps=config.rectified_steps,
+            head_dims={s: units[g.name] for g in prunable if units[g.name] > 1 for s in g.spaces},
         )
         gm.cpu()
     else:

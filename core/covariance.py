@@ -31,18 +31,22 @@ class Moments:
 
 @dataclass(frozen=True)
 class Observation:
-    """Gather statistics for ``spaces`` at the output of ``node``, whose channel ``layout`` is known."""
+    """Gather statistics for ``spaces`` at the output of ``node``, whose channel ``layout`` is known;
+    those in ``by_column`` (attention heads) column by column, not a channel's block of columns folded."""
 
     node: str
     layout: Layout
     spaces: frozenset[int]
+    by_column: frozenset[int] = frozenset()
 
 
-def _rows(t: torch.Tensor, layout: Layout, offset: int, length: int, block: int) -> torch.Tensor:
-    """The observations of one segment as a (n, length) matrix."""
+def _rows(
+    t: torch.Tensor, layout: Layout, offset: int, length: int, block: int, by_column: bool = False
+) -> torch.Tensor:
+    """The observations of one segment as a (n, length) matrix, or (N, length*block) ``by_column``."""
     x = t.movedim(layout.axis, -1)  # (..., columns)
     x = x.reshape(-1, x.shape[-1])[:, offset : offset + length * block]  # (N, length*block)
-    if block > 1:  # a flattened channel owns `block` consecutive columns
+    if block > 1 and not by_column:  # a flattened channel owns `block` consecutive columns
         x = x.reshape(-1, length, block).transpose(1, 2).reshape(-1, length)  # (N*block, length)
     return x
 
@@ -52,12 +56,13 @@ def _observer(obs: Observation, store: dict[tuple[str, int], Moments]) -> Callab
         for seg, offset in obs.layout.offsets():
             if seg.space == FIXED or seg.space not in obs.spaces:
                 continue
-            x = _rows(t.detach(), obs.layout, offset, seg.length, seg.block).float()
+            by_column = seg.space in obs.by_column
+            x = _rows(t.detach(), obs.layout, offset, seg.length, seg.block, by_column).float()
             key = (obs.node, seg.space)
             m = store.get(key)
             if m is None:
                 m = store[key] = Moments(
-                    torch.zeros(seg.length, seg.length, dtype=torch.float64, device=x.device)
+                    torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
                 )
             m.total += (x.T @ x).double()
             m.rows += x.shape[0]

@@ -78,6 +78,11 @@ class Layout:
         )
 
 
+def channel_columns(channels: torch.Tensor, block: int) -> torch.Tensor:
+    """The columns of ``channels`` where each channel owns ``block`` consecutive columns, in order."""
+    return (channels[:, None] * block + torch.arange(block, device=channels.device)).flatten()
+
+
 def kept_columns(layout: Layout | None, kept: Mapping[int, torch.Tensor], columns: int) -> torch.Tensor:
     """The columns of an axis laid out as ``layout`` that remain once each space ``s`` keeps the channels
     ``kept[s]`` (all of them where absent), as indices into the original axis of ``columns``."""
@@ -86,7 +91,7 @@ def kept_columns(layout: Layout | None, kept: Mapping[int, torch.Tensor], column
     out = []
     for seg, offset in layout.offsets():
         chans = kept.get(seg.space, torch.arange(seg.length))
-        out.append(offset + (chans[:, None] * seg.block + torch.arange(seg.block)).flatten())
+        out.append(offset + channel_columns(chans, seg.block))
     return torch.cat(out)
 
 

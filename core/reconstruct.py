@@ -2,7 +2,8 @@
 
 Producer rows, BatchNorm entries, depthwise kernels and per-channel scales keep the indices ``J``.
 A consumer's input axis becomes ``W' = W A_J`` (per kernel position for a conv, per ``H*W`` block after a
-flatten) when a re-fit map is given, else it keeps the columns ``J`` (the L1 and random baselines).
+flatten; over whole columns for attention heads, whose map is ``H*D x k*D``) when a re-fit map is given,
+else it keeps the columns ``J`` (the L1 and random baselines).
 A grouped convolution's input axis holds, for each block of output rows, only its own run of channels:
 each block takes its run's part of ``A_J`` (block diagonal) or of ``J``.
 A space that keeps every channel is left exactly as it was.
@@ -14,11 +15,11 @@ import torch
 from torch import fx, nn
 
 from core.graph import GraphAnalysis, ParamAxis
-from core.layout import FIXED
+from core.layout import FIXED, channel_columns
 from core.selection import runs
 
 Kept = dict[int, torch.Tensor]  # space -> sorted kept indices (absent: keeps everything)
-Refits = dict[tuple[str, int], torch.Tensor]  # (consumer weight, space) -> A_J (m x k)
+Refits = dict[tuple[str, int], torch.Tensor]  # (consumer weight, space) -> A_J (m x k; by column: mD x kD)
 
 
 def _edit_axis(t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits) -> torch.Tensor:
@@ -34,9 +35,10 @@ def _edit_axis(t: torch.Tensor, pa: ParamAxis, kept: Kept, refits: Refits) -> to
             continue
         refit = refits.get((pa.target, seg.space)) if pa.refit else None
         if refit is not None:
-            pieces.append(_apply_refit(part, pa.axis, refit, seg.block))
+            by_column = refit.shape[0] == seg.columns  # a map over a head space's columns, not its channels
+            pieces.append(_apply_refit(part, pa.axis, refit, 1 if by_column else seg.block))
         else:
-            cols = (keep[:, None] * seg.block + torch.arange(seg.block)).flatten()  # channel j -> its block
+            cols = channel_columns(keep, seg.block)  # channel j -> its block
             pieces.append(part.index_select(pa.axis, cols.to(t.device)))
     return torch.cat(pieces, dim=pa.axis)
 

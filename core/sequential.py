@@ -30,7 +30,7 @@ from torch import fx
 from core.capture import Cursor, downstream, first_change, nbytes
 from core.covariance import _rows
 from core.graph import ChannelGroup, Consumer, GraphAnalysis
-from core.layout import Layout
+from core.layout import Layout, channel_columns
 from core.output_fit import OutputFit, plan
 from core.reconstruct import Kept, Refits, assign, pruned_tensors
 from core.rewrite import patch_shapes
@@ -145,9 +145,11 @@ def _cross_fit(
     fits: list[OutputFit],
     rectified: bool,
     grouped: dict[str, int],
+    head_dims: dict[int, int],
 ) -> dict[tuple[str, int], torch.Tensor]:
     """``A`` per (observed node, narrowed space) by ridge regression of original on pruned activations
-    (block diagonal where a convolution with ``grouped[node]`` groups reads the node);
+    (block diagonal where a convolution with ``grouped[node]`` groups reads the node; over every column
+    of a space of heads of ``head_dims[space]`` columns);
     the output-level ``fits`` are fed from the same passes, which hold what the ``rectified`` ones'
     majorisation passes will read again."""
     widths = {s: len(j) for s, j in kept.items()}
@@ -163,8 +165,9 @@ def _cross_fit(
             for seg, offset in layout.offsets():
                 if seg.space not in kept:
                     continue
-                x = _rows(before[node], layout, offset, seg.length, seg.block).double()  # (n, m)
-                z = _rows(after[node], layout, now[seg], widths[seg.space], seg.block).double()  # (n, k)
+                by_column = seg.space in head_dims
+                x = _rows(before[node], layout, offset, seg.length, seg.block, by_column).double()  # (n, m)
+                z = _rows(after[node], layout, now[seg], widths[seg.space], seg.block, by_column).double()
                 key = (node, seg.space)
                 cross[key] = cross.get(key, 0) + x.T @ z  # sum z_F z'_J^T   (m, k)
                 gram[key] = gram.get(key, 0) + z.T @ z  # sum z'_J z'_J^T  (k, k)
@@ -172,7 +175,8 @@ def _cross_fit(
     maps = {}
     for key, s in gram.items():
         tau = ridge * energy[key] / cross[key].shape[0]  # tau = ridge tr(S) / m, as the independent re-fit
-        maps[key] = _cross_map(s, cross[key], tau, kept[key[1]], grouped.get(key[0], 1))
+        j = channel_columns(kept[key[1]], head_dims.get(key[1], 1))
+        maps[key] = _cross_map(s, cross[key], tau, j, grouped.get(key[0], 1))
     return maps
 
 
@@ -229,10 +233,12 @@ def sequential_refit(
     on_step: Callable[[int, int], None] | None = None,
     output_level: bool = True,
     rectified_steps: int = 0,
+    head_dims: dict[int, int] | None = None,
 ) -> None:
     """Narrow ``work`` (a copy of ``original``) to ``kept``, then re-fit its consumers step by step: on
     their output where ``core.output_fit`` applies and ``output_level`` (with ``rectified_steps``
-    majorisation passes where a ReLU follows), else on their input channels."""
+    majorisation passes where a ReLU follows), else on their input channels (every column of a space
+    of attention heads, ``head_dims``: space -> D)."""
     narrowed = pruned_tensors(work, analysis, kept, {})
     assign(work, narrowed)
     patch_shapes(work, analysis, {s: len(j) for s, j in kept.items()})
@@ -256,7 +262,9 @@ def sequential_refit(
         passes = _Passes(cursors, start, batches, STEP_BYTES)
         observed = _observed(analysis, step.by_channel)
         grouped = {c.observed: c.groups for c in step.by_channel if c.groups > 1}
-        maps = _cross_fit(passes, observed, kept, ridge, step.fits, rectified_steps > 0, grouped)
+        maps = _cross_fit(
+            passes, observed, kept, ridge, step.fits, rectified_steps > 0, grouped, head_dims or {}
+        )
         _majorise(passes, step.fits, rectified_steps)
         del passes  # what it held
         new = _refitted(original, analysis, kept, step, maps)

@@ -4,6 +4,8 @@ separate q/k/v projections (Hugging Face) and a fused one (timm)."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -76,6 +78,49 @@ def test_the_output_projection_re_fit_beats_l1_and_random_heads(setup) -> None:
         with torch.no_grad():
             errors[method] = _rel(result.program.module()(x), model(x))
     assert errors["spectral"] < 0.6 * min(errors["l1"], errors["random"]), errors
+
+
+@pytest.mark.parametrize("refit", ["output", "sequential", "independent"])
+def test_a_head_repeating_another_in_another_order_is_dropped_exactly(setup, refit: str) -> None:
+    """Head 1 attends as head 0 does and its values are half of head 0's, in another order: the weakest
+    head, dropped first, and every re-fit maps head 0's columns onto both (a map per column, not one
+    shared by a head's columns, which could not undo the order)."""
+    model, (_, x) = _model(), setup
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        for layer in (attn.q, attn.k):
+            layer.weight[8:16], layer.bias[8:16] = layer.weight[0:8], layer.bias[0:8]
+        order = torch.tensor([3, 7, 0, 5, 1, 6, 2, 4])
+        attn.v.weight[8:16], attn.v.bias[8:16] = 0.5 * attn.v.weight[order], 0.5 * attn.v.bias[order]
+    program = models.export(model, x[:4])
+    config = CompressionConfig(widths={HF: 3}, refit=refit, ridge=1e-9)
+    result = compress(program, x, config, measure_latency=False)
+    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == HF) == [0, 2, 3]
+    with torch.no_grad():
+        assert _rel(result.program.module()(x), model(x)) < 1e-4
+
+
+def test_heads_over_the_column_limit_are_re_fitted_head_by_head(setup, monkeypatch) -> None:
+    """Past ``COLUMN_LIMIT`` columns a group's statistics are folded to heads: dead heads still drop
+    exactly, and a repeated head in another order no longer does."""
+    monkeypatch.setattr(importlib.import_module("core.compress"), "COLUMN_LIMIT", 16)  # 4 heads x 8
+    model, (_, x) = _model(), setup
+    attn = model.blocks[0].attn
+    with torch.no_grad():
+        attn.v.weight[24:32], attn.v.bias[24:32] = 0, 0  # head 3 dead
+    config = CompressionConfig(widths={HF: 3}, refit="independent", ridge=1e-9)
+    result = compress(models.export(model, x[:4]), x, config, measure_latency=False)
+    with torch.no_grad():
+        assert _rel(result.program.module()(x), model(x)) < 1e-5
+        for layer in (attn.q, attn.k):
+            layer.weight[8:16], layer.bias[8:16] = layer.weight[0:8], layer.bias[0:8]
+        attn.v.weight[8:16], attn.v.bias[8:16] = 0.5 * attn.v.weight[[3, 7, 0, 5, 1, 6, 2, 4]], 0
+        attn.v.bias[0:8] = 0
+    config = CompressionConfig(widths={HF: 2}, refit="independent", ridge=1e-9)
+    result = compress(models.export(model, x[:4]), x, config, measure_latency=False)
+    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == HF) == [0, 2]
+    with torch.no_grad():
+        assert _rel(result.program.module()(x), model(x)) > 1e-3
 
 
 def test_heads_are_allocated_with_the_rest_and_run_fresh(setup, run_fresh) -> None:
