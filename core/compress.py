@@ -391,6 +391,8 @@ def _prune(
     """Analyse, gather statistics, allocate widths, select, re-fit and re-export once."""
     clock.stage("analyse")
     gm = program.module()
+    rewrite.without_dead_code(gm)
+    rewrite.own_size_products(gm)
     rewrite.explicit_splits(gm)
     probe = tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
     probe = probe if cal.batch_size(specs, 2) == 2 else data.batches(cal.batch_size(specs, 2))[0]

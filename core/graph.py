@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +27,7 @@ import torch
 from torch import fx
 
 from core import ops
-from core.layout import FIXED, Layout, Segment, Stacked
+from core.layout import FIXED, Folded, Layout, Segment, Stacked
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,14 @@ class ComputeNode:
 @dataclass(frozen=True)
 class ShapePatch:
     """A literal size that must follow the widths of ``layout``: ``args[arg][item]`` of ``node``
-    (``item`` None for a scalar argument), e.g. a view's size or a depthwise conv's group count."""
+    (``item`` None for a scalar argument), e.g. a view's size or a depthwise conv's group count; times
+    ``factor`` where the literal also counts something else (a batch folded with the heads)."""
 
     node: str
     arg: int
     item: int | None
     layout: Layout
+    factor: int = 1
 
 
 @dataclass
@@ -106,7 +109,7 @@ class Producer:
 
     @property
     def name(self) -> str:
-        layer = self.weight.removesuffix(".weight")
+        layer = self.weight.removesuffix(".weight").removesuffix("_weight")  # MHA's in_proj_weight
         return f"{layer}[{self.offset}:{self.offset + self.rows}]" if self.part else layer
 
 
@@ -138,6 +141,7 @@ class GraphAnalysis:
     groups: list[ChannelGroup]
     shapes: dict[str, tuple[int, ...]]
     space_group: dict[int, int] = field(default_factory=dict)  # space -> index into groups
+    batch: int = 1  # samples in the example ``shapes`` come from (not always their axis 0: seq-first MHA)
 
     def group(self, name: str) -> ChannelGroup:
         for g in self.groups:
@@ -215,8 +219,26 @@ def _unstacked(stacked: Stacked, dim: int, index: int) -> Layout | None:
     return part.moved(part.axis - (dim < part.axis))
 
 
+def _unit_axes(src: Sequence[int], dst: Sequence[int]) -> dict[int, int] | None:
+    """Where each axis of ``src`` longer than one lands in ``dst``, for a reshape that only adds or removes
+    axes of one (``unsqueeze``, ``squeeze``); None for any other reshape."""
+    old, new = [d for d, n in enumerate(src) if n != 1], [d for d, n in enumerate(dst) if n != 1]
+    if [src[d] for d in old] != [dst[d] for d in new]:
+        return None
+    return dict(zip(old, new, strict=True))
+
+
 # what a stacked q/k/v may meet on its way to be taken apart (ONNX writes unbind as split + squeeze)
-STACKED_OPS = ops.PERMUTE | ops.TRANSPOSE | ops.SELECT | ops.UNBIND | ops.SPLIT | ops.SQUEEZE | ops.RESHAPE
+STACKED_OPS = (
+    ops.PERMUTE
+    | ops.TRANSPOSE
+    | ops.SELECT
+    | ops.UNBIND
+    | ops.SPLIT
+    | ops.SQUEEZE
+    | ops.UNSQUEEZE
+    | ops.COPIES
+) | ops.RESHAPE
 
 
 class _Tracer:
@@ -226,11 +248,13 @@ class _Tracer:
         self,
         gm: fx.GraphModule,
         shapes: dict[str, tuple[int, ...]],
+        batch: int,
         cuts: dict[str, set[int]] | None = None,
         units: dict[str, int] | None = None,
     ) -> None:
         self.gm = gm
         self.shapes = shapes
+        self.batch = batch  # samples in the example the shapes come from
         self.cuts = cuts or {}  # layer node -> output channels where a split of its output cuts it
         self.new_cuts: dict[str, set[int]] = {}
         self.units = units or {}  # layer node -> head dimension, where its output is read as heads
@@ -265,6 +289,8 @@ class _Tracer:
         elif isinstance(layout, Stacked):
             for part in layout.parts:
                 self._poison(part, reason)
+        elif isinstance(layout, Folded):
+            self._poison(layout.heads, reason)
 
     def _layout(self, value: Any) -> Layout | None:
         out = self.layouts.get(value) if isinstance(value, fx.Node) else None
@@ -278,6 +304,14 @@ class _Tracer:
         if isinstance(node, fx.Node) and node.op == "get_attr":
             return str(node.target)
         return None
+
+    def _own_parameters(self, *tensors: Any) -> bool:
+        """Whether each of a layer's weight and bias is absent or a parameter only it reads (a bias cut
+        from a shared one, as ``nn.MultiheadAttention`` does with separate key/value sizes, is not)."""
+        return all(
+            t is None or ((name := self._param(t)) is not None and self.weight_uses.get(name, 0) <= 1)
+            for t in tensors
+        )
 
     def _slice_param(
         self, node: Any, axis: int, layout: Layout, refit: bool = False, groups: int = 1
@@ -338,8 +372,9 @@ class _Tracer:
                         node, "stacked heads (a fused q/k/v) meet an op other than a permute or unbind"
                     )
                     continue
+                folded = any(isinstance(self.layouts.get(x), Folded) for x in node.all_input_nodes)
                 try:
-                    self._visit(node, position)
+                    self._folded(node) if folded else self._visit(node, position)
                 except Exception as exc:  # an op with arguments the tracer did not expect: stay safe
                     self._stop(node, f"the analysis could not follow {node.target} ({type(exc).__name__})")
             else:
@@ -373,7 +408,13 @@ class _Tracer:
             self._binary(node)
         elif t in ops.CAT:
             self._cat(node)
-        elif t in ops.RESHAPE or t in ops.FLATTEN or t in ops.SQUEEZE or t in ops.UNSQUEEZE:
+        elif (
+            t in ops.RESHAPE
+            or t in ops.FLATTEN
+            or t in ops.UNFLATTEN
+            or t in ops.SQUEEZE
+            or t in ops.UNSQUEEZE
+        ):
             self._reshape(node)
         elif t in ops.PERMUTE or t in ops.TRANSPOSE:
             self._permute(node)
@@ -415,8 +456,8 @@ class _Tracer:
             transposed, groups = node.target in ops.CONV_TRANSPOSE, int(groups_arg)
         weight = self._param(w)
         li = self._layout(x)
-        if weight is None or self.weight_uses.get(weight, 0) > 1:
-            return self._stop(node, "its weight is not a parameter of its own")
+        if weight is None or not self._own_parameters(w, b):
+            return self._stop(node, "its weight or bias is not a parameter of its own")
         if transposed:
             return self._conv_transpose(node, position, weight, groups)
         wshape = self._shape(w)
@@ -485,12 +526,12 @@ class _Tracer:
         x, w = _args(node)[0], _args(node)[1]
         b = _args(node)[2] if len(_args(node)) > 2 else node.kwargs.get("bias")
         weight = self._param(w)
-        if weight is None or self.weight_uses.get(weight, 0) > 1:
-            return self._stop(node, "its weight is not a parameter of its own")
+        if weight is None or not self._own_parameters(w, b):
+            return self._stop(node, "its weight or bias is not a parameter of its own")
         li = self._layout(x)
         xshape = self._shape(x)
         wshape = self._shape(w)
-        rows = math.prod(xshape[1:-1]) if len(xshape) > 1 else 1
+        rows = math.prod(xshape[:-1]) / self.batch  # per sample, wherever the batch is (seq-first MHA)
         flops = 2.0 * math.prod(wshape) * rows
         inputs = None
         if li is not None:
@@ -534,6 +575,10 @@ class _Tracer:
         return None
 
     def _elementwise(self, node: fx.Node) -> None:
+        value = self.layouts.get(_args(node)[0])
+        if isinstance(value, Stacked) and node.target in ops.COPIES:
+            self.layouts[node] = value
+            return
         li = self._layout(_args(node)[0])
         if node.target is ops.aten.native_dropout.default:
             self.layouts[node] = {0: li}
@@ -632,7 +677,7 @@ class _Tracer:
         x = _args(node)[0]
         stacked = self.layouts.get(x)
         if isinstance(stacked, Stacked):
-            return self._squeeze_stacked(node, stacked)
+            return self._reshape_stacked(node, stacked)
         li = self._layout(x)
         if li is None:
             self.layouts[node] = None
@@ -641,10 +686,15 @@ class _Tracer:
         for gi, gj in _regroup(src, dst):
             if li.axis not in gi:
                 continue
+            features = li.axis == len(src) - 1  # tokens' features, as attention splits them into heads
+            if features and gi == [li.axis - 1, li.axis] and len(gj) == 2 and dst[gj[0]] % src[gi[0]] == 0:
+                return self._fold(node, li, gj[0], dst[gj[0]] // src[gi[0]], dst[gj[1]])
             before = [d for d in gi if d < li.axis]
             if any(src[d] != 1 for d in before):
                 break
-            features = li.axis == len(src) - 1  # tokens' features, as attention splits them into heads
+            split_in_two = features and gi == [li.axis] and len(gj) == 2 and all(dst[d] > 1 for d in gj)
+            if split_in_two and self._taken_apart(node, gj[0]):
+                return self._stack(node, li, gj, dst[gj[0]], dst[gj[1]])
             if features and gi == [li.axis] and len(gj) in (2, 3) and all(dst[d] > 1 for d in gj):
                 return self._heads(node, li, gj, [dst[d] for d in gj])
             kept = [d for d in gj if dst[d] != 1]
@@ -659,6 +709,120 @@ class _Tracer:
             self.layouts[node] = out
             return None
         return self._stop(node, "a reshape splits or mixes the channel axis")
+
+    def _taken_apart(self, node: fx.Node, axis: int) -> bool:
+        """Whether every use of ``node`` selects or unbinds along ``axis``, past copies and ops that only
+        move axes or add and remove axes of one (``nn.MultiheadAttention`` takes q, k and v apart so)."""
+        for user in node.users:
+            t, src, dst = user.target, self._shape(node), self._shape(user)
+            if t in ops.SELECT or t in ops.UNBIND:
+                dim = int(_args(user)[1]) if len(_args(user)) > 1 else 0
+                if dim % len(src) != axis:
+                    return False
+                continue
+            if t in ops.PERMUTE or t in ops.TRANSPOSE:
+                moved: int | None = self._axis_moves(user)[axis]
+            elif t in ops.COPIES:
+                moved = axis
+            elif t in ops.SQUEEZE or t in ops.UNSQUEEZE:
+                moved = (_unit_axes(src, dst) or {}).get(axis)
+            else:
+                return False
+            if moved is None or not self._taken_apart(user, moved):
+                return False
+        return bool(node.users)
+
+    def _stack(self, node: fx.Node, li: Layout, axes: list[int], count: int, width: int) -> None:
+        """``(..., count * width) -> (..., count, width)`` taken apart along ``count`` (the packed q/k/v
+        projection of ``nn.MultiheadAttention``, unflattened to ``(3, E)``): parts of ``width`` columns
+        stacked on the new axis. They share the view's size, so they keep the same channels."""
+        bounds = [width * i for i in range(count + 1)]
+        parts = [li.between(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        if any(part is None for part in parts):
+            if not li.blocked:
+                self._cut_at(li, bounds)
+            return self._stop(node, "a view of the channel axis as stacked parts (inside a layer's channels)")
+        first = [(s.length, s.block, s.space == FIXED) for s in parts[0].segments]  # type: ignore[union-attr]
+        if any([(s.length, s.block, s.space == FIXED) for s in p.segments] != first for p in parts):  # type: ignore[union-attr]
+            return self._stop(node, "stacked parts laid out differently")
+        for part in parts[1:]:
+            for sa, sb in zip(parts[0].segments, part.segments, strict=True):  # type: ignore[union-attr]
+                if sa.space != FIXED:
+                    self.uf.union(sa.space, sb.space)
+        stacked = tuple(part.moved(axes[1]) for part in parts if part is not None)
+        self._patch_literal(node, stacked[0])
+        self.layouts[node] = Stacked(axes[0], stacked)
+        return None
+
+    def _fold(self, node: fx.Node, li: Layout, axis: int, heads: int, dim: int) -> None:
+        """``(..., B, H * D) -> (..., B * H, D)``: the channels read as ``H`` heads of ``D``, folded into the
+        batch axis (``nn.MultiheadAttention``). Where the channels are heads of ``D`` rows already, the
+        batch axis carries them; else the next walk makes each head one channel."""
+        seg = li.segments[0]
+        if len(li.segments) == 1 and seg.space != FIXED and seg.block == dim and seg.length == heads:
+            out = Layout(axis, (Segment(seg.space, heads),))
+            if not self._patch_folded_count(node, axis, out):
+                return self._stop(node, "a view folding heads into the batch with a size it cannot follow")
+            self.layouts[node] = Folded(axis, out)
+            return None
+        if all(s.block == 1 and s.length % dim == 0 and s.space != FIXED for s in li.segments):
+            for s in li.segments:
+                self.new_units.update({p.node: dim for p in self._writers(s.space) if p.unit == 1})
+        return self._stop(node, "a reshape splits the channel axis (other than into attention heads)")
+
+    def _patch_folded_count(self, node: fx.Node, axis: int, heads: Layout) -> bool:
+        """The view's ``B * H``: a literal (times the batch), or a ``sym_size * H`` node (a dynamic batch)."""
+        arg, (item, value) = self._size_literal(node, axis)
+        if isinstance(value, int) and value % heads.columns == 0:
+            self.patches.append(ShapePatch(node.name, arg, item, heads, value // heads.columns))
+            return True
+        if isinstance(value, fx.Node) and value.target is operator.mul:
+            literal = [i for i, a in enumerate(_args(value)) if isinstance(a, int) and a == heads.columns]
+            if literal:
+                self.patches.append(ShapePatch(value.name, literal[0], None, heads))
+                return True
+        return False
+
+    def _folded(self, node: fx.Node) -> None:
+        """Heads folded into a batch axis may meet batched products, elementwise ops, a softmax over
+        another axis, moves of their axis, and a view that unfolds them."""
+        t, first = node.target, _args(node)[0]
+        if t in ops.MATMUL:
+            return self._matmul(node)
+        if t in ops.ATTENTION:
+            return self._attention(node)
+        value = self.layouts.get(first)
+        others = [x for x in node.all_input_nodes if x is not first and x.name in self.shapes]
+        if not isinstance(value, Folded) or others:
+            return self._stop(node, "heads folded into the batch axis meet other tensors")
+        over_heads = t in ops.SOFTMAX and int(_args(node)[1]) % len(self._shape(node)) == value.axis
+        if t in ops.ELEMENTWISE or t in ops.BINARY or (t in ops.SOFTMAX and not over_heads):
+            self.layouts[node] = value
+        elif t in ops.PERMUTE or t in ops.TRANSPOSE:
+            self._permute(node)
+        elif t in ops.RESHAPE:
+            self._unfold(node, value)
+        else:
+            self._stop(node, f"heads folded into the batch axis meet {getattr(t, '__name__', t)}")
+        return None
+
+    def _unfold(self, node: fx.Node, folded: Folded) -> None:
+        """``(B * H, ...) -> (B, H, ...)``: the heads get an axis; ``(..., B * H, D) -> (..., H * D)``: they
+        join the features, ``D`` columns each."""
+        src, dst = self._shape(_args(node)[0]), self._shape(node)
+        heads = folded.heads.columns
+        out: Layout | None = None
+        for gi, gj in _regroup(src, dst):
+            if gi == [folded.axis] and len(gj) == 2 and dst[gj[1]] == heads:
+                out = folded.heads.moved(gj[1])
+        if out is None and folded.axis == len(src) - 2 and dst[-1] == heads * src[-1]:
+            segments = tuple(Segment(s.space, s.length, src[-1]) for s in folded.heads.segments)
+            out = Layout(len(dst) - 1, segments)
+        if out is None:
+            return self._stop(node, "a reshape of heads folded into the batch axis")
+        self._patch_literal(node, out)
+        self.layouts[node] = out
+        return None
 
     def _heads(self, node: fx.Node, li: Layout, axes: list[int], sizes: list[int]) -> None:
         """``view(B, N, H * D) -> (B, N, H, D)``: channels read as ``H`` attention heads of ``D`` each; or
@@ -692,14 +856,18 @@ class _Tracer:
         axis (attention heads) passes through, and operands laid out on the same axis keep the same
         channels (coupled, as q, k and v keep the same heads)."""
         rank = len(self._shape(node))
-        aligned = []  # each operand with its layout on the output's axes
+        aligned = []  # each operand with its layout on the output's axes (a folded one's heads)
         for x in operands:
-            li = self._layout(x)
+            value = self.layouts.get(x)
+            li = value.heads if isinstance(value, Folded) else self._layout(x)
             aligned.append((x, None if li is None else li.moved(li.axis + rank - len(self._shape(x)))))
         tracked = [li for _x, li in aligned if li is not None]
         if not tracked:
             self.layouts[node] = None
             return None
+        folded = [isinstance(self.layouts.get(x), Folded) for x, li in aligned if li is not None]
+        if any(folded) and not all(folded):
+            return self._stop(node, "heads folded into the batch axis meet heads on an axis of their own")
         first = tracked[0]
         if first.axis >= rank - 2:
             return self._stop(node, "a matrix product over the channel axis")
@@ -720,10 +888,12 @@ class _Tracer:
                     return self._stop(node, "combined with channels that cannot be pruned")
                 if sa.space != FIXED:
                     self.uf.union(sa.space, sb.space)
-        self.layouts[node] = first
+        self.layouts[node] = Folded(first.axis, first) if any(folded) else first
         # attention's FLOPs stay fixed: torch's FLOP counter, which the report uses, skips its CPU kernel
         if node.target in ops.MATMUL:
-            flops = 2.0 * math.prod(self._shape(node)[1:]) * self._shape(operands[0])[-1]  # 2 * out * inner
+            flops = (
+                2.0 * math.prod(self._shape(node)) / self.batch * self._shape(operands[0])[-1]
+            )  # 2 out inner
             self.compute.append(ComputeNode(node.name, node.name, flops, first.moved(0), None, "attention"))
         return None
 
@@ -739,38 +909,61 @@ class _Tracer:
         mask = args[3] if len(args) > 3 else node.kwargs.get("attn_mask")
         if self._layout(mask) is not None:
             return self._stop(node, "an attention mask computed from the channels")
-        return self._batched(node, list(args[:3]))
+        self._batched(node, list(args[:3]))
+        heads = self.layouts.get(node)
+        heads = heads.heads if isinstance(heads, Folded) else heads
+        if isinstance(mask, fx.Node) and isinstance(heads, Layout):
+            axis = heads.axis - len(self._shape(node)) + len(self._shape(mask))
+            if axis >= 0 and self._shape(mask)[axis] != 1:
+                return self._stop(node, "an attention mask with one entry per head")
+        return None
 
-    def _squeeze_stacked(self, node: fx.Node, stacked: Stacked) -> None:
-        """A single part of stacked heads (``split`` into ones along the stacking axis) with that axis
-        squeezed away: the part's heads."""
+    def _reshape_stacked(self, node: fx.Node, stacked: Stacked) -> None:
+        """Axes of one added or removed around stacked parts (they move along); or a single part of stacked
+        heads (``split`` into ones along the stacking axis) with that axis squeezed away: the part's heads."""
         src, dst = self._shape(_args(node)[0]), self._shape(node)
-        axis = stacked.axis
+        axis, moved = stacked.axis, _unit_axes(src, dst)
+        if moved is not None and axis in moved and all(part.axis in moved for part in stacked.parts):
+            parts = tuple(part.moved(moved[part.axis]) for part in stacked.parts)
+            self.layouts[node] = Stacked(moved[axis], parts)
+            return None
         if len(stacked.parts) != 1 or src[axis] != 1 or tuple(dst) != src[:axis] + src[axis + 1 :]:
             return self._stop(node, "a reshape of stacked heads")
         self.layouts[node] = _unstacked(stacked, axis, 0)
         return None
 
-    def _patch_literal(self, node: fx.Node, out: Layout) -> None:
-        if node.target in ops.RESHAPE and isinstance(_args(node)[1], list | tuple):
-            value = _args(node)[1][out.axis]
-            if isinstance(value, int) and value != -1 and value == out.columns:
-                self.patches.append(ShapePatch(node.name, 1, out.axis, out))
+    def _size_literal(self, node: fx.Node, axis: int) -> tuple[int, Any]:
+        """Where a reshape states the size of its output's ``axis``: (argument, item), and the value."""
+        args = _args(node)
+        if node.target in ops.UNFLATTEN:  # unflatten(x, dim, sizes)
+            item = axis - int(args[1]) % len(self._shape(args[0]))
+            return 2, (item, args[2][item] if 0 <= item < len(args[2]) else None)
+        sizes = args[1] if node.target in ops.RESHAPE and isinstance(args[1], list | tuple) else ()
+        return 1, (axis, sizes[axis] if axis < len(sizes) else None)
 
-    def _permute(self, node: fx.Node) -> None:
-        value = self.layouts.get(_args(node)[0])
-        if not isinstance(value, Layout | Stacked):
-            self.layouts[node] = None
-            return
+    def _patch_literal(self, node: fx.Node, out: Layout) -> None:
+        arg, (item, value) = self._size_literal(node, out.axis)
+        if isinstance(value, int) and value != -1 and value == out.columns:
+            self.patches.append(ShapePatch(node.name, arg, item, out))
+
+    def _axis_moves(self, node: fx.Node) -> list[int]:
+        """Where a permute or transpose puts each axis of its input: old axis -> new position."""
         rank = len(self._shape(node))
         if node.target is ops.aten.permute.default:
             dims = [int(d) % rank for d in _args(node)[1]]
-            where = [dims.index(axis) for axis in range(rank)]  # old axis -> new position
-        else:
-            t = node.target is ops.aten.t.default
-            d0, d1 = (0, 1) if t else (int(_args(node)[1]) % rank, int(_args(node)[2]) % rank)
-            where = list(range(rank))
-            where[d0], where[d1] = d1, d0
+            return [dims.index(axis) for axis in range(rank)]
+        t = node.target is ops.aten.t.default
+        d0, d1 = (0, 1) if t else (int(_args(node)[1]) % rank, int(_args(node)[2]) % rank)
+        where = list(range(rank))
+        where[d0], where[d1] = d1, d0
+        return where
+
+    def _permute(self, node: fx.Node) -> None:
+        value = self.layouts.get(_args(node)[0])
+        if not isinstance(value, Layout | Stacked | Folded):
+            self.layouts[node] = None
+            return
+        where = self._axis_moves(node)
         if isinstance(value, Stacked):
             parts = tuple(part.moved(where[part.axis]) for part in value.parts)
             self.layouts[node] = Stacked(where[value.axis], parts)
@@ -804,9 +997,11 @@ class _Tracer:
             return None
         start, end, step = [*args[2:5], None, None, None][:3]  # slice(x, dim, start, end, step)
         begin, stop, _ = slice(start, end).indices(shape[dim])
-        if (step or 1) != 1 or li.blocked or begin >= stop:
-            return self._stop(node, "a strided or flattened slice of the channel axis")
+        if (step or 1) != 1 or begin >= stop:
+            return self._stop(node, "a strided slice of the channel axis")
         out = li.between(begin, stop)
+        if out is None and li.blocked:
+            return self._stop(node, "a slice of flattened channels (inside a layer's channels)")
         if out is None:
             self._cut_at(li, [begin, stop])
             return self._stop(node, "a slice of the channel axis (inside a layer's channels)")
@@ -833,10 +1028,10 @@ class _Tracer:
         if li is None or dim != li.axis:
             self.layouts[node] = dict.fromkeys(range(len(sizes)), li)
             return None
-        if li.blocked:
-            return self._stop(node, "a split of flattened channels")
         bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
         parts = [part for a, b in itertools.pairwise(bounds) if (part := li.between(a, b)) is not None]
+        if len(parts) < len(sizes) and li.blocked:
+            return self._stop(node, "a split of flattened channels (inside a layer's channels)")
         if len(parts) < len(sizes):
             self._cut_at(li, bounds)
             return self._stop(node, "a split of the channel axis (inside a layer's channels)")
@@ -975,7 +1170,7 @@ def analyse(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> GraphAnaly
     cuts: dict[str, set[int]] = {}
     units: dict[str, int] = {}
     for _ in range(MAX_PASSES):  # each pass opens the spaces (parts, heads) the one before found
-        tracer = _Tracer(gm, shapes, cuts, units)
+        tracer = _Tracer(gm, shapes, example[0].shape[0], cuts, units)
         tracer.run()
         found = {node: c for node, c in tracer.new_cuts.items() if c}
         heads = {node: d for node, d in tracer.new_units.items() if node not in units}
@@ -994,4 +1189,5 @@ def analyse(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> GraphAnaly
         groups=groups,
         shapes=shapes,
         space_group=index,
+        batch=example[0].shape[0],
     )

@@ -63,11 +63,11 @@ class Layout:
 
     def between(self, begin: int, end: int) -> Layout | None:
         """The layout of columns ``[begin, end)``: the segments between them, or None where either falls
-        inside a segment (or a channel's block)."""
+        inside a segment."""
         starts = {offset: i for i, (_seg, offset) in enumerate(self.offsets())} | {
             self.columns: len(self.segments)
         }
-        if self.blocked or begin not in starts or end not in starts:
+        if begin not in starts or end not in starts:
             return None
         return replace(self, segments=self.segments[starts[begin] : starts[end]])
 
@@ -102,3 +102,15 @@ class Stacked:
 
     axis: int
     parts: tuple[Layout, ...]
+
+
+@dataclass(frozen=True)
+class Folded:
+    """Attention heads folded into a batch axis: ``axis`` has ``batch * heads`` entries, the heads laid out
+    as ``heads`` the inner factor (``nn.MultiheadAttention`` views q as ``(N, B * H, D)`` for ``bmm``)."""
+
+    axis: int
+    heads: Layout
+
+    def moved(self, axis: int) -> Folded:
+        return Folded(axis, self.heads.moved(axis))

@@ -21,7 +21,7 @@ CONV = {
 CONV_TRANSPOSE = {aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input}
 LINEAR = {aten.linear.default}
 # batched over leading axes: attention heads are a batch axis of both operands
-MATMUL = {aten.matmul.default}
+MATMUL = {aten.matmul.default, aten.bmm.default}
 ATTENTION = {aten.scaled_dot_product_attention.default}
 
 # batch norm in inference form: (input, weight, bias, running_mean, running_var, ...)
@@ -86,6 +86,9 @@ ELEMENTWISE = {
     aten.div.Scalar,
 }
 
+# copies of a tensor: every value stays where it is
+COPIES = {aten.clone.default, aten.contiguous.default, aten.alias.default, aten.detach.default}
+
 # spatial ops on (N, C, *spatial): channels stay on axis 1
 SPATIAL = {
     aten.max_pool1d.default,
@@ -141,6 +144,7 @@ UNBIND = {aten.unbind.int}
 
 RESHAPE = {aten.view.default, aten.reshape.default, aten._unsafe_view.default}
 FLATTEN = {aten.flatten.using_ints}
+UNFLATTEN = {aten.unflatten.int}
 SQUEEZE = {aten.squeeze.dim, aten.squeeze.dims, aten.squeeze.default}
 UNSQUEEZE = {aten.unsqueeze.default}
 PERMUTE = {aten.permute.default}

@@ -389,7 +389,9 @@ def plan(
     inputs = c.layout.columns_for({s: len(j) for s, j in kept.items()})
     out = original.get_parameter(c.weight).shape[0]
     shape = analysis.shapes[c.node]
-    positions = samples * math.prod(shape) // (shape[0] * out)  # output positions over the calibration set
+    positions = (
+        samples * math.prod(shape) // (analysis.batch * out)
+    )  # output positions over the calibration set
     features = inputs * (layer.positions if layer else 1)
     if layer is None or features > MAX_FEATURES or positions < ROWS_PER_FEATURE * features:
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -45,6 +46,30 @@ def explicit_splits(gm: fx.GraphModule) -> None:
         gm.recompile()
 
 
+def without_dead_code(gm: fx.GraphModule) -> None:
+    """Drop what no output reads (``nn.MultiheadAttention`` averages attention weights it then discards):
+    the analysis need not follow it, nor the pruned model compute it."""
+    if gm.graph.eliminate_dead_code():
+        gm.recompile()
+
+
+def own_size_products(gm: fx.GraphModule) -> None:
+    """Give each reader of a symbolic size product (``batch * heads``, which export shares among the
+    attention layers) its own copy, so that narrowing one layer's heads patches only that layer's views."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not operator.mul:
+            continue
+        for user in list(node.users)[1:]:
+            with gm.graph.inserting_after(node):
+                copy = gm.graph.call_function(operator.mul, node.args, node.kwargs)
+            copy.meta = dict(node.meta)
+            user.replace_input_with(node, copy)
+            changed = True
+    if changed:
+        gm.recompile()
+
+
 def patch_shapes(gm: fx.GraphModule, analysis: GraphAnalysis, widths: Widths) -> None:
     """Rewrite literal sizes (``view(-1, 512*7*7)``, depthwise ``groups``) to the new widths."""
     if not analysis.patches:
@@ -53,7 +78,7 @@ def patch_shapes(gm: fx.GraphModule, analysis: GraphAnalysis, widths: Widths) ->
     for patch in analysis.patches:
         node = nodes[patch.node]
         args = list(node.args)
-        value = patch.layout.columns_for(widths)
+        value = patch.layout.columns_for(widths) * patch.factor
         if patch.item is None:
             args[patch.arg] = value
         else:

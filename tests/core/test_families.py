@@ -96,7 +96,9 @@ def test_analysis_reports_what_it_leaves_alone() -> None:
     program, x = _setup("transformer")
     report = compress(program, x, CompressionConfig(flops_ratio=0.8), measure_latency=False).report
     names = {layer["name"] for layer in report["layers"]}
-    assert names == {"encoder.layers.0.linear1", "encoder.layers.1.linear1"}  # the MLP hidden units
+    mlp = {f"encoder.layers.{i}.linear1" for i in (0, 1)}  # the MLP hidden units
+    heads = {f"encoder.layers.{i}.self_attn.in_proj[0:32]+2" for i in (0, 1)}  # q's heads, with k and v
+    assert names == mlp | heads
     assert any("LayerNorm" in s["reason"] for s in report["skipped"])
 
 

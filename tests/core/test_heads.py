@@ -192,6 +192,180 @@ def test_attention_forms_drop_dead_heads_exactly(form: str) -> None:
         assert _rel(result.program.module()(x), model(x)) < 1e-5
 
 
+class _SplitQKV(torch.nn.Module):
+    """nanoGPT's and GPT-2's attention: one fused projection split into q, k and v along the features,
+    each viewed as heads; causal attention; a residual stream kept whole by its LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.ln = torch.nn.Linear(12, 32), torch.nn.LayerNorm(32)
+        self.qkv, self.proj, self.head = (
+            torch.nn.Linear(32, 96),
+            torch.nn.Linear(32, 32),
+            torch.nn.Linear(32, 5),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        b, n, c = h.shape
+        q, k, v = (t.view(b, n, 4, 8).transpose(1, 2) for t in self.qkv(self.ln(h)).split(c, dim=2))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.head((h + self.proj(out.transpose(1, 2).contiguous().view(b, n, c))).mean(1))
+
+
+def test_a_fused_projection_split_into_q_k_and_v_drops_dead_heads_exactly(run_fresh) -> None:
+    torch.manual_seed(0)
+    model, x = _SplitQKV().eval(), torch.randn(64, 6, 12)
+    with torch.no_grad():
+        for h in (0, 2):  # v's rows of heads 0 and 2
+            model.qkv.weight[64 + 8 * h : 72 + 8 * h] = 0
+            model.qkv.bias[64 + 8 * h : 72 + 8 * h] = 0
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    result = compress(program, x, CompressionConfig(widths={"qkv[0:32]+2": 2}), measure_latency=False)
+    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == "qkv[0:32]+2") == [
+        1,
+        3,
+    ]
+    assert result.program.state_dict["qkv.weight"].shape == (48, 32)
+    assert result.program.state_dict["proj.weight"].shape == (32, 16)
+    y, _info = run_fresh(result.program, x)
+    with torch.no_grad():
+        assert _rel(y, model(x)) < 1e-5
+
+
+class _TorchAttention(torch.nn.Module):
+    """``nn.MultiheadAttention`` self-attention: its export unflattens the packed q/k/v projection to
+    ``(3, E)``, takes q, k and v apart and folds the heads into the batch axis."""
+
+    def __init__(self, batch_first: bool, need_weights: bool) -> None:
+        super().__init__()
+        self.batch_first, self.need_weights = batch_first, need_weights
+        self.embed, self.head = torch.nn.Linear(12, 32), torch.nn.Linear(32, 5)
+        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        seq = h if self.batch_first else h.transpose(0, 1)
+        out = self.attn(seq, seq, seq, need_weights=self.need_weights)[0]
+        return self.head(h + (out if self.batch_first else out.transpose(0, 1))).mean(1)
+
+
+@pytest.mark.parametrize(
+    "batch_first,need_weights,batch",
+    [(True, False, "dynamic"), (False, True, "dynamic"), (True, True, "static"), (False, False, "static")],
+)
+def test_torch_multihead_attention_drops_dead_heads_exactly(
+    batch_first: bool, need_weights: bool, batch: str, run_fresh
+) -> None:
+    """Both of its paths (``scaled_dot_product_attention``, and ``bmm`` where it also returns the
+    weights), either layout, with the batch folded with the heads as a symbol or as a literal."""
+    torch.manual_seed(0)
+    model, x = _TorchAttention(batch_first, need_weights).eval(), torch.randn(64, 6, 12)
+    with torch.no_grad():
+        for h in (1, 3):  # v's rows of heads 1 and 3
+            model.attn.in_proj_weight[64 + 8 * h : 72 + 8 * h] = 0
+            model.attn.in_proj_bias[64 + 8 * h : 72 + 8 * h] = 0
+    dynamic = ({0: torch.export.Dim("batch")},) if batch == "dynamic" else None
+    program = torch.export.export(model, (x[:8],), dynamic_shapes=dynamic)
+    data = x if batch == "dynamic" else list(x.split(8))
+    result = compress(
+        program, data, CompressionConfig(widths={"attn.in_proj[0:32]+2": 2}), measure_latency=False
+    )
+    group = next(layer for layer in result.report["layers"] if layer["name"] == "attn.in_proj[0:32]+2")
+    assert group["kept"] == [0, 2]
+    assert result.program.state_dict["attn.in_proj_weight"].shape == (48, 32)
+    assert result.program.state_dict["attn.out_proj.weight"].shape == (32, 16)
+    with torch.no_grad():
+        y = run_fresh(result.program, x[:8])[0] if batch == "dynamic" else result.program.module()(x[:8])
+        assert _rel(y, model(x[:8])) < 1e-5
+
+
+class _SeparateProjections(torch.nn.Module):
+    """``_TorchAttention`` (batch first) rewritten as Hugging Face writes attention: the same function."""
+
+    def __init__(self, twin: _TorchAttention) -> None:
+        super().__init__()
+        self.embed, self.head, attn = twin.embed, twin.head, twin.attn
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32) for _ in range(4))
+        with torch.no_grad():
+            for i, layer in enumerate((self.q, self.k, self.v)):
+                layer.weight.copy_(attn.in_proj_weight[32 * i : 32 * i + 32])
+                layer.bias.copy_(attn.in_proj_bias[32 * i : 32 * i + 32])
+            self.o.load_state_dict(attn.out_proj.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        b, n, _ = h.shape
+        q, k, v = (p(h).view(b, n, 4, 8).transpose(1, 2) for p in (self.q, self.k, self.v))
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.head(h + self.o(out.transpose(1, 2).reshape(b, n, 32))).mean(1)
+
+
+@pytest.mark.parametrize("refit", ["output", "sequential"])
+def test_torch_multihead_attention_prunes_as_its_separate_projection_twin(refit: str) -> None:
+    """The folded, sequence-first form is the same network: the same heads kept, the same re-fit (the
+    output projection's rows are sequence x batch, and still as many output positions per sample)."""
+    torch.manual_seed(0)
+    model, x = _TorchAttention(batch_first=True, need_weights=False).eval(), torch.randn(256, 6, 12)
+    twin = _SeparateProjections(model).eval()
+    dynamic = ({0: torch.export.Dim("batch")},)
+    outputs, kept = [], []
+    for m, name in ((model, "attn.in_proj[0:32]+2"), (twin, "q+2")):
+        program = torch.export.export(m, (x[:2],), dynamic_shapes=dynamic)
+        result = compress(program, x, CompressionConfig(widths={name: 2}, refit=refit), measure_latency=False)
+        kept.append(next(layer["kept"] for layer in result.report["layers"] if layer["name"] == name))
+        with torch.no_grad():
+            outputs.append(result.program.module()(x))
+    assert kept[0] == kept[1]
+    assert _rel(outputs[0], outputs[1]) < 1e-4
+
+
+class _UnfollowedAttention(torch.nn.Module):
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form, kdim = form, 24 if form == "kdim" else None
+        self.a, self.b, self.head = (
+            torch.nn.Linear(12, 32),
+            torch.nn.Linear(12, kdim or 32),
+            torch.nn.Linear(32, 5),
+        )
+        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=True, kdim=kdim, vdim=kdim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.a(x)
+        kv = q if self.form == "padding" else self.b(x.flip(1))
+        pad = (x[..., 0] > 1.5) if self.form == "padding" else None
+        return self.head(self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("form", ["cross", "kdim", "padding"])
+def test_torch_attention_it_cannot_follow_keeps_its_heads(form: str) -> None:
+    """Cross-attention and separate key/value sizes cut q's projection (and its bias) from one
+    parameter; a key padding mask is expanded to every head: the heads stay, the rest is pruned."""
+    torch.manual_seed(0)
+    model, x = _UnfollowedAttention(form).eval(), torch.randn(64, 6, 12)
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    result = compress(program, x, CompressionConfig(flops_ratio=0.9), measure_latency=False)
+    names = {layer["name"] for layer in result.report["layers"]}
+    assert "attn.out_proj" in names and not any("in_proj" in name or "q_proj" in name for name in names)
+    reasons = " ".join(entry["reason"] for entry in result.report["skipped"])
+    assert ("one entry per head" if form == "padding" else "not a parameter of its own") in reasons
+    with torch.no_grad():
+        assert result.program.module()(x).shape == (64, 5)
+
+
+def test_torch_transformer_encoder_layers_prune_heads_with_the_rest() -> None:
+    torch.manual_seed(0)
+    model, x = models.TinyTransformer().eval(), torch.randn(256, 6, 12)
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    result = compress(program, x, CompressionConfig(flops_ratio=0.4), measure_latency=False)
+    widths = {layer["name"]: layer["width_after"] for layer in result.report["layers"]}
+    heads = [name for name in widths if name.endswith("self_attn.in_proj[0:32]+2")]
+    assert len(heads) == 2 and min(widths[name] for name in heads) < 4, widths
+    ratio = result.report["compressed"]["flops"] / result.report["original"]["flops"]
+    assert abs(ratio - 0.4) <= 0.004, ratio  # the folded heads' bmm FLOPs shrink with them, as modelled
+
+
 def test_grouped_key_value_heads_are_left_whole() -> None:
     torch.manual_seed(0)
     model, x = _Variant("grouped").eval(), torch.randn(64, 6, 12)
