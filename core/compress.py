@@ -390,10 +390,7 @@ def _prune(
 ) -> _Pruned:
     """Analyse, gather statistics, allocate widths, select, re-fit and re-export once."""
     clock.stage("analyse")
-    gm = program.module()
-    rewrite.without_dead_code(gm)
-    rewrite.own_size_products(gm)
-    rewrite.explicit_splits(gm)
+    gm = rewrite.editable(program)
     probe = tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
     probe = probe if cal.batch_size(specs, 2) == 2 else data.batches(cal.batch_size(specs, 2))[0]
     try:
@@ -642,7 +639,7 @@ def _widths_from_original(
 ) -> None:
     """After several stages, state each layer's width before the first stage, not the last."""
     analysis = analyse(
-        program.module(), tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
+        rewrite.editable(program), tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
     )
     sizes = {g.name: g.size for g in analysis.groups}
     for layer in report["layers"]:

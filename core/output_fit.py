@@ -60,10 +60,22 @@ class ConvGeometry:
 @dataclass(frozen=True)
 class Addend:
     """The other input of the addition this layer's output flows into, and the per-channel factor
-    (a BatchNorm's ``gamma / sqrt(var + eps)``, or 1) between the layer's output and that addition."""
+    (a BatchNorm's ``gamma / sqrt(var + eps)``, or 1) between the layer's output and that addition.
+    ``undo``: how to bring the addition's values back to the layer's output, where ops that only move
+    values lie in between (``nn.MultiheadAttention``'s ``out_proj`` is viewed and transposed first)."""
 
     node: str
     scale: torch.Tensor
+    undo: tuple[tuple[Any, ...], ...] = ()
+
+    def back(self, value: torch.Tensor, like: torch.Tensor, axis: int) -> torch.Tensor:
+        """``value`` (at the addition) laid out as the layer's output ``like`` (any width on ``axis``)."""
+        for step in self.undo:
+            if step[0] == "permute":
+                value = value.permute(*step[1])
+            elif step[0] == "reshape":
+                value = value.reshape([-1 if d == axis else n for d, n in enumerate(like.shape)])
+        return value
 
 
 def _pair(v: Any) -> tuple[int, int]:
@@ -151,20 +163,43 @@ def _safe(scale: torch.Tensor) -> torch.Tensor:
 def _addend(
     node: fx.Node, module: fx.GraphModule, shapes: dict[str, tuple[int, ...]], axis: int, channels: int
 ) -> Addend | None:
-    """``node -> [BatchNorm] -> add(., other)``: the other addend and the factor in between."""
+    """``node -> [BatchNorm] -> [moves] -> add(., other)``: the other addend, the factor in between, and
+    how to undo the moves (``_through_moves``)."""
     found = _through_batch_norm(node, module, channels)
     if found is None:
         return None
     at, scale = found
+    at, undo = _through_moves(at, shapes)
     add = _sole_user(at)
     if add is None or add.target is not ops.aten.add.Tensor or len(add.args) != 2 or add.kwargs:
         return None
     other = add.args[1] if add.args[0] is at else add.args[0]
-    if not isinstance(other, fx.Node) or shapes.get(other.name) != shapes.get(node.name):
+    if not isinstance(other, fx.Node) or shapes.get(other.name) != shapes.get(at.name):
         return None
     if axis != 1 and scale.numel() and not torch.all(scale == 1):
         return None
-    return Addend(other.name, _safe(scale))
+    return Addend(other.name, _safe(scale), undo)
+
+
+def _through_moves(node: fx.Node, shapes: dict[str, tuple[int, ...]]) -> tuple[fx.Node, tuple]:
+    """Past the ops that only move ``node``'s values and that it alone feeds (a view first, then
+    transposes, permutes, copies, inference dropout): where they end, and the steps that undo them, last
+    first (a permute's inverse; the view's: a reshape back to the layer's output)."""
+    at, undo = node, list[tuple[Any, ...]]()
+    while (user := _sole_user(at)) is not None:
+        t, args, rank = user.target, tuple[Any, ...](user.args), len(shapes.get(user.name, ()))
+        if t in ops.RESHAPE and at is node:
+            undo.append(("reshape",))
+        elif t in ops.PERMUTE or t in ops.TRANSPOSE:
+            where = [int(d) % rank for d in args[1]] if t is ops.aten.permute.default else list(range(rank))
+            if t in ops.TRANSPOSE:
+                d0, d1 = (0, 1) if t is ops.aten.t.default else (int(args[1]) % rank, int(args[2]) % rank)
+                where[d0], where[d1] = d1, d0
+            undo.append(("permute", [where.index(d) for d in range(rank)]))
+        elif not (t in ops.COPIES or (t is ops.aten.dropout.default and args[2] is False)):
+            break
+        at = user
+    return at, tuple(reversed(undo))
 
 
 def _rectifier(
@@ -281,9 +316,11 @@ class OutputFit:
         if self.bias is not None:
             y = y - self.bias.to(y.device).reshape([-1] + [1] * (y.dim() - 1 - axis))
         if self.addend is not None:  # y* = y + (s - s') / gamma_eff
-            s = original[self.addend.node].index_select(axis, rows).double()
+            like = original[self.consumer.node]
+            s = self.addend.back(original[self.addend.node], like, axis).index_select(axis, rows).double()
+            s_pruned = self.addend.back(pruned[self.addend.node], like, axis).double()
             scale = self.addend.scale[self.rows].to(y.device)
-            gap = (s - pruned[self.addend.node].double()).movedim(axis, -1) / scale
+            gap = (s - s_pruned).movedim(axis, -1) / scale
             y = y + torch.nan_to_num(gap, posinf=0.0, neginf=0.0).movedim(-1, axis)
         return y
 

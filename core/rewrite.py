@@ -25,6 +25,16 @@ def out_of_place(program: torch.export.ExportedProgram) -> torch.export.Exported
     return program.run_decompositions({}) if mutating else program
 
 
+def editable(program: torch.export.ExportedProgram) -> fx.GraphModule:
+    """``program`` as a module the analysis reads and pruning edits: without dead code, each symbolic
+    size product its reader's own, and splits explicit."""
+    gm = program.module()
+    without_dead_code(gm)
+    own_size_products(gm)
+    explicit_splits(gm)
+    return gm
+
+
 def explicit_splits(gm: fx.GraphModule) -> None:
     """``chunk``/``split`` with one size for every part become ``split_with_sizes`` with the size of each
     (read from the traced shapes), so that pruning can give each part its own width."""

@@ -240,11 +240,14 @@ class _TorchAttention(torch.nn.Module):
     def __init__(self, batch_first: bool, need_weights: bool) -> None:
         super().__init__()
         self.batch_first, self.need_weights = batch_first, need_weights
-        self.embed, self.head = torch.nn.Linear(12, 32), torch.nn.Linear(32, 5)
-        self.attn = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first)
+        self.pre, self.embed = torch.nn.Linear(12, 24), torch.nn.Linear(24, 32)
+        self.attn, self.head = (
+            torch.nn.MultiheadAttention(32, 4, batch_first=batch_first),
+            torch.nn.Linear(32, 5),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)
+        h = self.embed(torch.relu(self.pre(x)))
         seq = h if self.batch_first else h.transpose(0, 1)
         out = self.attn(seq, seq, seq, need_weights=self.need_weights)[0]
         return self.head(h + (out if self.batch_first else out.transpose(0, 1))).mean(1)
@@ -285,7 +288,7 @@ class _SeparateProjections(torch.nn.Module):
 
     def __init__(self, twin: _TorchAttention) -> None:
         super().__init__()
-        self.embed, self.head, attn = twin.embed, twin.head, twin.attn
+        self.pre, self.embed, self.head, attn = twin.pre, twin.embed, twin.head, twin.attn
         self.q, self.k, self.v, self.o = (torch.nn.Linear(32, 32) for _ in range(4))
         with torch.no_grad():
             for i, layer in enumerate((self.q, self.k, self.v)):
@@ -294,7 +297,7 @@ class _SeparateProjections(torch.nn.Module):
             self.o.load_state_dict(attn.out_proj.state_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.embed(x)
+        h = self.embed(torch.relu(self.pre(x)))
         b, n, _ = h.shape
         q, k, v = (p(h).view(b, n, 4, 8).transpose(1, 2) for p in (self.q, self.k, self.v))
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -304,7 +307,7 @@ class _SeparateProjections(torch.nn.Module):
 @pytest.mark.parametrize("refit", ["output", "sequential"])
 def test_torch_multihead_attention_prunes_as_its_separate_projection_twin(refit: str) -> None:
     """The folded, sequence-first form is the same network: the same heads kept, the same re-fit (the
-    output projection's rows are sequence x batch, and still as many output positions per sample)."""
+    output projection's output is viewed and transposed before it joins the residual stream)."""
     torch.manual_seed(0)
     model, x = _TorchAttention(batch_first=True, need_weights=False).eval(), torch.randn(256, 6, 12)
     twin = _SeparateProjections(model).eval()
@@ -312,7 +315,8 @@ def test_torch_multihead_attention_prunes_as_its_separate_projection_twin(refit:
     outputs, kept = [], []
     for m, name in ((model, "attn.in_proj[0:32]+2"), (twin, "q+2")):
         program = torch.export.export(m, (x[:2],), dynamic_shapes=dynamic)
-        result = compress(program, x, CompressionConfig(widths={name: 2}, refit=refit), measure_latency=False)
+        widths = {name: 2, "pre": 12}  # the residual stream's error reaches the output projection's re-fit
+        result = compress(program, x, CompressionConfig(widths=widths, refit=refit), measure_latency=False)
         kept.append(next(layer["kept"] for layer in result.report["layers"] if layer["name"] == name))
         with torch.no_grad():
             outputs.append(result.program.module()(x))
