@@ -761,8 +761,10 @@ class _Tracer:
         seg = li.segments[0]
         if len(li.segments) == 1 and seg.space != FIXED and seg.block == dim and seg.length == heads:
             out = Layout(axis, (Segment(seg.space, heads),))
-            if not self._patch_folded_count(node, axis, out):
+            patch = self._count_patch(node, axis, out, folded=True)
+            if not isinstance(patch, ShapePatch):
                 return self._stop(node, "a view folding heads into the batch with a size it cannot follow")
+            self.patches.append(patch)
             self.layouts[node] = Folded(axis, out)
             return None
         if all(s.block == 1 and s.length % dim == 0 and s.space != FIXED for s in li.segments):
@@ -770,18 +772,57 @@ class _Tracer:
                 self.new_units.update({p.node: dim for p in self._writers(s.space) if p.unit == 1})
         return self._stop(node, "a reshape splits the channel axis (other than into attention heads)")
 
-    def _patch_folded_count(self, node: fx.Node, axis: int, heads: Layout) -> bool:
-        """The view's ``B * H``: a literal (times the batch), or a ``sym_size * H`` node (a dynamic batch)."""
+    def _count_patch(
+        self, node: fx.Node, axis: int, heads: Layout, folded: bool
+    ) -> ShapePatch | tuple | None:
+        """How a reshape's size for ``axis`` follows the head count: ``H``, or folded with the batch
+        ``B * H`` (a literal times the batch, or a ``sym_size * H`` node); ``()`` where nothing need
+        change (an inferred ``-1``); None where it cannot follow."""
         arg, (item, value) = self._size_literal(node, axis)
-        if isinstance(value, int) and value % heads.columns == 0:
-            self.patches.append(ShapePatch(node.name, arg, item, heads, value // heads.columns))
-            return True
-        if isinstance(value, fx.Node) and value.target is operator.mul:
-            literal = [i for i, a in enumerate(_args(value)) if isinstance(a, int) and a == heads.columns]
+        count = heads.columns
+        if value == -1:
+            return ()
+        if isinstance(value, int) and (value % count == 0 if folded else value == count):
+            return ShapePatch(node.name, arg, item, heads, value // count)
+        if folded and isinstance(value, fx.Node) and value.target is operator.mul:
+            literal = [i for i, a in enumerate(_args(value)) if isinstance(a, int) and a == count]
             if literal:
-                self.patches.append(ShapePatch(value.name, literal[0], None, heads))
-                return True
-        return False
+                return ShapePatch(value.name, literal[0], None, heads)
+        return None
+
+    def _mask_patches(self, mask: fx.Node, axis: int, heads: Layout) -> list[ShapePatch] | None:
+        """The patches that make an attention mask's per-head axis ``axis`` follow the heads, where it only
+        repeats one mask for every head: an ``expand`` of an axis of one, then reshapes that may fold the
+        heads into the batch and back (``nn.MultiheadAttention`` builds its key padding mask so); None
+        for any other mask, or one something else also reads."""
+        node, folded, patches = mask, False, list[ShapePatch]()
+        while len(node.users) == 1 and node.op == "call_function":
+            source = _args(node)[0]
+            if node.target is ops.aten.expand.default and not folded and self._shape(source)[axis] == 1:
+                sizes = _args(node)[1]
+                if sizes[axis] != heads.columns:
+                    return None
+                return [*patches, ShapePatch(node.name, 1, axis, heads)]
+            if node.target in ops.COPIES and isinstance(source, fx.Node):
+                node = source  # a reshape of an expanded tensor, decomposed: clone + _unsafe_view
+                continue
+            if node.target not in ops.RESHAPE or not isinstance(source, fx.Node):
+                return None
+            src, dst = self._shape(source), self._shape(node)
+            gi, gj = next(((gi, gj) for gi, gj in _regroup(src, dst) if axis in gj), ([], []))
+            if len(gi) == 1 and (gj == [axis] or (not folded and gj == [axis - 1, axis])):
+                unfolding = False  # same axis, or (B, H) <- B * H: the heads were folded before
+            elif folded and gj == [axis] and len(gi) == 2 and src[gi[1]] == heads.columns:
+                unfolding = True  # B * H <- (B, H)
+            else:
+                return None
+            patch = self._count_patch(node, axis, heads, folded)
+            if patch is None:
+                return None
+            patches += [patch] if isinstance(patch, ShapePatch) else []
+            folded = (folded and not unfolding) or len(gj) == 2
+            node, axis = source, gi[-1]
+        return None
 
     def _folded(self, node: fx.Node) -> None:
         """Heads folded into a batch axis may meet batched products, elementwise ops, a softmax over
@@ -915,7 +956,10 @@ class _Tracer:
         if isinstance(mask, fx.Node) and isinstance(heads, Layout):
             axis = heads.axis - len(self._shape(node)) + len(self._shape(mask))
             if axis >= 0 and self._shape(mask)[axis] != 1:
-                return self._stop(node, "an attention mask with one entry per head")
+                patches = self._mask_patches(mask, axis, heads)
+                if patches is None:
+                    return self._stop(node, "an attention mask with one entry per head")
+                self.patches.extend(patches)
         return None
 
     def _reshape_stacked(self, node: fx.Node, stacked: Stacked) -> None:

@@ -237,9 +237,9 @@ class _TorchAttention(torch.nn.Module):
     """``nn.MultiheadAttention`` self-attention: its export unflattens the packed q/k/v projection to
     ``(3, E)``, takes q, k and v apart and folds the heads into the batch axis."""
 
-    def __init__(self, batch_first: bool, need_weights: bool) -> None:
+    def __init__(self, batch_first: bool, need_weights: bool, padding: bool = False) -> None:
         super().__init__()
-        self.batch_first, self.need_weights = batch_first, need_weights
+        self.batch_first, self.need_weights, self.padding = batch_first, need_weights, padding
         self.pre, self.embed = torch.nn.Linear(12, 24), torch.nn.Linear(24, 32)
         self.attn, self.head = (
             torch.nn.MultiheadAttention(32, 4, batch_first=batch_first),
@@ -249,21 +249,30 @@ class _TorchAttention(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.embed(torch.relu(self.pre(x)))
         seq = h if self.batch_first else h.transpose(0, 1)
-        out = self.attn(seq, seq, seq, need_weights=self.need_weights)[0]
+        pad = (x[..., 0] > 1.0) & (torch.arange(x.shape[1]) > 0) if self.padding else None  # keys left out
+        out = self.attn(seq, seq, seq, key_padding_mask=pad, need_weights=self.need_weights)[0]
         return self.head(h + (out if self.batch_first else out.transpose(0, 1))).mean(1)
 
 
 @pytest.mark.parametrize(
-    "batch_first,need_weights,batch",
-    [(True, False, "dynamic"), (False, True, "dynamic"), (True, True, "static"), (False, False, "static")],
+    "batch_first,need_weights,batch,padding",
+    [
+        (True, False, "dynamic", False),
+        (False, True, "dynamic", False),
+        (True, True, "static", False),
+        (False, False, "static", False),
+        (True, False, "dynamic", True),
+        (False, False, "static", True),
+    ],
 )
 def test_torch_multihead_attention_drops_dead_heads_exactly(
-    batch_first: bool, need_weights: bool, batch: str, run_fresh
+    batch_first: bool, need_weights: bool, batch: str, padding: bool, run_fresh
 ) -> None:
     """Both of its paths (``scaled_dot_product_attention``, and ``bmm`` where it also returns the
-    weights), either layout, with the batch folded with the heads as a symbol or as a literal."""
+    weights), either layout, with the batch folded with the heads as a symbol or as a literal, and a key
+    padding mask (expanded to every head: its head count follows)."""
     torch.manual_seed(0)
-    model, x = _TorchAttention(batch_first, need_weights).eval(), torch.randn(64, 6, 12)
+    model, x = _TorchAttention(batch_first, need_weights, padding).eval(), torch.randn(64, 6, 12)
     with torch.no_grad():
         for h in (1, 3):  # v's rows of heads 1 and 3
             model.attn.in_proj_weight[64 + 8 * h : 72 + 8 * h] = 0
@@ -337,15 +346,17 @@ class _UnfollowedAttention(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.a(x)
-        kv = q if self.form == "padding" else self.b(x.flip(1))
-        pad = (x[..., 0] > 1.5) if self.form == "padding" else None
-        return self.head(self.attn(q, kv, kv, key_padding_mask=pad, need_weights=False)[0].mean(1))
+        kv = q if self.form == "weights" else self.b(x.flip(1))
+        pad = (x[..., 0] > 1.0) & (torch.arange(x.shape[1]) > 0) if self.form == "weights" else None
+        weights = self.form == "weights"
+        return self.head(self.attn(q, kv, kv, key_padding_mask=pad, need_weights=weights)[0].mean(1))
 
 
-@pytest.mark.parametrize("form", ["cross", "kdim", "padding"])
+@pytest.mark.parametrize("form", ["cross", "kdim", "weights"])
 def test_torch_attention_it_cannot_follow_keeps_its_heads(form: str) -> None:
     """Cross-attention and separate key/value sizes cut q's projection (and its bias) from one
-    parameter; a key padding mask is expanded to every head: the heads stay, the rest is pruned."""
+    parameter; with a mask and the weights returned, the scores are ``baddbmm(mask, q, k^T)``: the heads
+    stay, the rest is pruned."""
     torch.manual_seed(0)
     model, x = _UnfollowedAttention(form).eval(), torch.randn(64, 6, 12)
     program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
@@ -353,7 +364,7 @@ def test_torch_attention_it_cannot_follow_keeps_its_heads(form: str) -> None:
     names = {layer["name"] for layer in result.report["layers"]}
     assert "attn.out_proj" in names and not any("in_proj" in name or "q_proj" in name for name in names)
     reasons = " ".join(entry["reason"] for entry in result.report["skipped"])
-    assert ("one entry per head" if form == "padding" else "not a parameter of its own") in reasons
+    assert ("folded into the batch" if form == "weights" else "not a parameter of its own") in reasons
     with torch.no_grad():
         assert result.program.module()(x).shape == (64, 5)
 
@@ -368,6 +379,29 @@ def test_torch_transformer_encoder_layers_prune_heads_with_the_rest() -> None:
     assert len(heads) == 2 and min(widths[name] for name in heads) < 4, widths
     ratio = result.report["compressed"]["flops"] / result.report["original"]["flops"]
     assert abs(ratio - 0.4) <= 0.004, ratio  # the folded heads' bmm FLOPs shrink with them, as modelled
+
+
+class _HeadBias(torch.nn.Module):
+    """Attention with a learned bias per head (relative positions, ALiBi) added to the scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv, self.o = torch.nn.Linear(12, 96), torch.nn.Linear(32, 5)
+        self.bias = torch.nn.Parameter(torch.randn(1, 4, 6, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
+        return self.o(out.transpose(1, 2).reshape(b, n, 32)).mean(1)
+
+
+def test_a_bias_per_head_keeps_the_heads() -> None:
+    torch.manual_seed(0)
+    model, x = _HeadBias().eval(), torch.randn(16, 6, 12)
+    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    group = analyse(program.module(), (x[:2],)).group("qkv[0:32]+2")
+    assert group.skipped == "an attention mask with one entry per head"
 
 
 def test_grouped_key_value_heads_are_left_whole() -> None:
