@@ -404,6 +404,8 @@ class _Tracer:
             self._spatial(node)
         elif t in ops.PAD:
             self._pad(node)
+        elif t in ops.ROLL:
+            self._roll(node)
         elif t in ops.BINARY:
             self._binary(node)
         elif t in ops.CAT:
@@ -601,6 +603,15 @@ class _Tracer:
         self.layouts[node] = li
         return None
 
+    def _roll(self, node: fx.Node) -> None:
+        """``torch.roll`` along other axes (Swin's shifted windows) keeps the channels."""
+        li, rank = self._layout(_args(node)[0]), len(self._shape(node))
+        dims: Any = _args(node)[2] if len(_args(node)) > 2 else node.kwargs.get("dims", [])
+        if li is not None and (not dims or li.axis in [int(d) % rank for d in dims]):
+            return self._stop(node, "a roll along the channel axis")
+        self.layouts[node] = li
+        return None
+
     def _binary(self, node: fx.Node) -> None:
         a, b = _args(node)[0], _args(node)[1]
         la, lb = self._layout(a), self._layout(b)
@@ -645,9 +656,48 @@ class _Tracer:
             self._slice_param(b, baxis, la)  # a per-channel scale or shift (layer scale, bias)
             self.layouts[node] = la
             return None
+        if bshape[baxis] == la.columns and not la.blocked and self._sliced_constant(b, baxis, la):
+            self.layouts[node] = la  # a per-head bias read from a table (relative positions)
+            return None
         if self._param(b) is None and bshape[baxis] == la.columns:
             return self._stop(node, "combined channel by channel with channels left whole (see their reason)")
         return self._stop(node, "combined with a tensor that is not channel-aligned")
+
+    def _sliced_constant(self, node: Any, axis: int, layout: Layout) -> bool:
+        """Whether ``node`` is a parameter, or one only moved or gathered (views, permutes, copies, an
+        index along another axis: Swin's relative-position table read per head) by ops nothing else
+        reads, so that slicing the parameter's matching axis with ``layout`` narrows ``node``'s ``axis``."""
+        patches = []
+        while (target := self._param(node)) is None:
+            if not isinstance(node, fx.Node) or node.op != "call_function" or len(node.users) != 1:
+                return False
+            t, args, dst = node.target, _args(node), self._shape(node)
+            src = self._shape(args[0]) if isinstance(args[0], fx.Node) else ()
+            if t in ops.COPIES:
+                source_axis: int | None = axis
+            elif t in ops.PERMUTE or t in ops.TRANSPOSE:
+                source_axis = self._axis_moves(node).index(axis)
+            elif t in ops.RESHAPE or t in ops.SQUEEZE or t in ops.UNSQUEEZE:
+                source_axis = {new: old for old, new in (_unit_axes(src, dst) or {}).items()}.get(axis)
+                same = [gi[0] for gi, gj in _regroup(src, dst) if gj == [axis] and len(gi) == 1]
+                source_axis = same[0] if source_axis is None and same else source_axis
+                patch = self._count_patch(node, axis, layout, folded=False) if t in ops.RESHAPE else ()
+                if patch is None:
+                    return False
+                patches += [patch] if isinstance(patch, ShapePatch) else []
+            elif t is ops.aten.index.Tensor and len(args[1]) == 1 and isinstance(args[1][0], fx.Node):
+                rank = len(self._shape(args[1][0]))  # index(table, [idx]): idx's axes, then the table's
+                source_axis = axis - rank + 1 if axis >= rank else None
+            else:
+                return False
+            if source_axis is None:
+                return False
+            node, axis = args[0], source_axis
+        if self.weight_uses.get(target, 0) > 1:
+            return False
+        self._slice_param(node, axis, layout)
+        self.patches.extend(patches)
+        return True
 
     def _cat(self, node: fx.Node) -> None:
         inputs = list(_args(node)[0])
@@ -957,9 +1007,9 @@ class _Tracer:
             axis = heads.axis - len(self._shape(node)) + len(self._shape(mask))
             if axis >= 0 and self._shape(mask)[axis] != 1:
                 patches = self._mask_patches(mask, axis, heads)
-                if patches is None:
+                if patches is None and not self._sliced_constant(mask, axis, heads):
                     return self._stop(node, "an attention mask with one entry per head")
-                self.patches.extend(patches)
+                self.patches.extend(patches or [])
         return None
 
     def _reshape_stacked(self, node: fx.Node, stacked: Stacked) -> None:

@@ -121,6 +121,7 @@ SPATIAL_TUPLE = {
     aten.adaptive_max_pool2d.default,
 }
 PAD = {aten.constant_pad_nd.default, aten.pad.default}
+ROLL = {aten.roll.default}
 
 BINARY = {
     aten.add.Tensor,

@@ -381,27 +381,59 @@ def test_torch_transformer_encoder_layers_prune_heads_with_the_rest() -> None:
     assert abs(ratio - 0.4) <= 0.004, ratio  # the folded heads' bmm FLOPs shrink with them, as modelled
 
 
-class _HeadBias(torch.nn.Module):
-    """Attention with a learned bias per head (relative positions, ALiBi) added to the scores."""
+class _WindowAttention(torch.nn.Module):
+    """Swin's attention: a relative-position bias per head, read from a table through an index buffer
+    (``table[index].view(N, N, -1).permute(2, 0, 1)``), and with ``shift`` the shifted windows' mask
+    added by viewing the scores per window; the block's tokens are rolled first."""
 
-    def __init__(self) -> None:
+    def __init__(self, shift: bool) -> None:
         super().__init__()
-        self.qkv, self.o = torch.nn.Linear(12, 96), torch.nn.Linear(32, 5)
-        self.bias = torch.nn.Parameter(torch.randn(1, 4, 6, 6))
+        self.shift, self.embed = shift, torch.nn.Linear(12, 32)
+        self.qkv, self.proj, self.head = (
+            torch.nn.Linear(32, 96),
+            torch.nn.Linear(32, 32),
+            torch.nn.Linear(32, 5),
+        )
+        self.table = torch.nn.Parameter(torch.randn(9, 4))  # (2 * 2 - 1)^2 offsets of a 2 x 2 window
+        ij = torch.stack(torch.meshgrid(torch.arange(2), torch.arange(2), indexing="ij")).flatten(1)
+        offsets = (ij[:, :, None] - ij[:, None, :]).permute(1, 2, 0) + 1
+        self.register_buffer("index", offsets[..., 0] * 3 + offsets[..., 1])
+        self.register_buffer("mask", torch.randn(4, 4, 4).clamp(max=0) * 100)  # (windows, N, N)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
-        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.bias)
-        return self.o(out.transpose(1, 2).reshape(b, n, 32)).mean(1)
+        h = self.embed(x)  # (B, 16, 32): a 4 x 4 grid of tokens, four 2 x 2 windows
+        b = h.shape[0]
+        grid = h.view(b, 4, 4, 32).roll((1, 1), (1, 2)) if self.shift else h.view(b, 4, 4, 32)
+        win = grid.view(b, 2, 2, 2, 2, 32).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, 32)
+        q, k, v = self.qkv(win).reshape(-1, 4, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        bias = self.table[self.index.view(-1)].view(4, 4, -1).permute(2, 0, 1).contiguous()
+        attn = (q * 8**-0.5) @ k.transpose(-2, -1) + bias.unsqueeze(0)
+        if self.shift:
+            attn = (attn.view(b, 4, 4, 4, 4) + self.mask.unsqueeze(1).unsqueeze(0)).view(-1, 4, 4, 4)
+        out = (attn.softmax(-1) @ v).transpose(1, 2).reshape(b, 16, 32)
+        return self.head(h + self.proj(out)).mean(1)
 
 
-def test_a_bias_per_head_keeps_the_heads() -> None:
+@pytest.mark.parametrize("shift", [False, True])
+def test_swin_window_attention_slices_its_bias_table_with_the_heads(shift: bool, run_fresh) -> None:
     torch.manual_seed(0)
-    model, x = _HeadBias().eval(), torch.randn(16, 6, 12)
+    model, x = _WindowAttention(shift).eval(), torch.randn(64, 16, 12)
+    with torch.no_grad():
+        for h in (1, 2):  # v's rows of heads 1 and 2
+            model.qkv.weight[64 + 8 * h : 72 + 8 * h] = 0
+            model.qkv.bias[64 + 8 * h : 72 + 8 * h] = 0
     program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    group = analyse(program.module(), (x[:2],)).group("qkv[0:32]+2")
-    assert group.skipped == "an attention mask with one entry per head"
+    result = compress(program, x, CompressionConfig(widths={"qkv[0:32]+2": 2}), measure_latency=False)
+    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == "qkv[0:32]+2") == [
+        0,
+        3,
+    ]
+    state = result.program.state_dict
+    assert state["table"].shape == (9, 2) and state["proj.weight"].shape == (32, 16)
+    assert torch.equal(state["table"], model.table[:, [0, 3]])
+    y, _info = run_fresh(result.program, x[:5])
+    with torch.no_grad():
+        assert _rel(y, model(x[:5])) < 1e-3  # the ridge, on 16 poorly conditioned columns
 
 
 def test_grouped_key_value_heads_are_left_whole() -> None:
