@@ -596,9 +596,9 @@ class _Tracer:
 
     def _pad(self, node: fx.Node) -> None:
         li = self._layout(_args(node)[0])
-        rank = len(self._shape(node))
-        padded = len(_args(node)[1]) // 2
-        if li is not None and li.axis >= rank - padded:
+        rank, pad = len(self._shape(node)), list(_args(node)[1])
+        at = 2 * (rank - 1 - li.axis) if li is not None else -1  # pairs run from the last axis backwards
+        if li is not None and 0 <= at < len(pad) and (pad[at], pad[at + 1]) != (0, 0):
             return self._stop(node, "padding along the channel axis")
         self.layouts[node] = li
         return None

@@ -51,3 +51,26 @@ def test_instance_norm_and_prelu_carry_channels_and_lrn_stops_them() -> None:
     kept = next(layer for layer in result.report["layers"] if layer["name"] == "0")["kept"]
     assert torch.equal(state["2.weight"], model[2].weight.detach()[kept])
     assert result.report["compressed"]["output_error"] < 0.1  # 0.017 measured; L1 at these widths 0.18
+
+
+class _ChannelsLastPad(nn.Module):
+    """Features kept channels-last and padded on the spatial axes only (Swin pads its windows so), then
+    padded again on the channel axis, which stops them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(3, 16), nn.Linear(16, 16), nn.Linear(17, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.a(x.permute(0, 2, 3, 1)))  # (N, H, W, 16)
+        h = torch.nn.functional.pad(h, (0, 0, 0, 1, 0, 1))  # W and H, not the channels
+        g = torch.nn.functional.pad(torch.relu(self.b(h)), (0, 1))  # one more channel
+        return self.c(g).mean((1, 2))
+
+
+def test_padding_other_axes_carries_channels_and_padding_theirs_stops_them() -> None:
+    x = torch.randn(16, 3, 5, 5)
+    program = models.export(_ChannelsLastPad().eval(), x[:4])
+    groups = {g.name: g for g in analyse(program.module(), (x[:2],)).groups}
+    assert groups["a"].skipped is None
+    assert groups["b"].skipped == "padding along the channel axis"
