@@ -450,7 +450,7 @@ def _prune(
         for g in prunable
     ]
     if config.method == "spectral" and config.refit in ("output", "sequential"):
-        original = program.module().to(device)
+        original = rewrite.editable(program).to(device)  # the same node names as gm
         on_device = [tuple(x.to(device) for x in b) for b in batches]
         sequential_refit(
             gm.to(device),

@@ -228,6 +228,18 @@ def _unit_axes(src: Sequence[int], dst: Sequence[int]) -> dict[int, int] | None:
     return dict(zip(old, new, strict=True))
 
 
+def axis_moves(node: fx.Node, rank: int) -> list[int]:
+    """Where a permute or transpose of a rank-``rank`` tensor puts each axis: old axis -> new position."""
+    if node.target is ops.aten.permute.default:
+        dims = [int(d) % rank for d in _args(node)[1]]
+        return [dims.index(axis) for axis in range(rank)]
+    t = node.target is ops.aten.t.default
+    d0, d1 = (0, 1) if t else (int(_args(node)[1]) % rank, int(_args(node)[2]) % rank)
+    where = list(range(rank))
+    where[d0], where[d1] = d1, d0
+    return where
+
+
 # what a stacked q/k/v may meet on its way to be taken apart (ONNX writes unbind as split + squeeze)
 STACKED_OPS = (
     ops.PERMUTE
@@ -787,19 +799,20 @@ class _Tracer:
         projection of ``nn.MultiheadAttention``, unflattened to ``(3, E)``): parts of ``width`` columns
         stacked on the new axis. They share the view's size, so they keep the same channels."""
         bounds = [width * i for i in range(count + 1)]
-        parts = [li.between(lo, hi) for lo, hi in itertools.pairwise(bounds)]
-        if any(part is None for part in parts):
+        found = [li.between(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        parts = [part for part in found if part is not None]
+        if len(parts) < count:
             if not li.blocked:
                 self._cut_at(li, bounds)
             return self._stop(node, "a view of the channel axis as stacked parts (inside a layer's channels)")
-        first = [(s.length, s.block, s.space == FIXED) for s in parts[0].segments]  # type: ignore[union-attr]
-        if any([(s.length, s.block, s.space == FIXED) for s in p.segments] != first for p in parts):  # type: ignore[union-attr]
+        shapes = [[(s.length, s.block, s.space == FIXED) for s in part.segments] for part in parts]
+        if any(shape != shapes[0] for shape in shapes):
             return self._stop(node, "stacked parts laid out differently")
         for part in parts[1:]:
-            for sa, sb in zip(parts[0].segments, part.segments, strict=True):  # type: ignore[union-attr]
+            for sa, sb in zip(parts[0].segments, part.segments, strict=True):
                 if sa.space != FIXED:
                     self.uf.union(sa.space, sb.space)
-        stacked = tuple(part.moved(axes[1]) for part in parts if part is not None)
+        stacked = tuple(part.moved(axes[1]) for part in parts)
         self._patch_literal(node, stacked[0])
         self.layouts[node] = Stacked(axes[0], stacked)
         return None
@@ -887,7 +900,9 @@ class _Tracer:
         if not isinstance(value, Folded) or others:
             return self._stop(node, "heads folded into the batch axis meet other tensors")
         over_heads = t in ops.SOFTMAX and int(_args(node)[1]) % len(self._shape(node)) == value.axis
-        if t in ops.ELEMENTWISE or t in ops.BINARY or (t in ops.SOFTMAX and not over_heads):
+        if t is ops.aten.native_dropout.default:
+            self.layouts[node] = {0: value}
+        elif t in ops.ELEMENTWISE or t in ops.BINARY or (t in ops.SOFTMAX and not over_heads):
             self.layouts[node] = value
         elif t in ops.PERMUTE or t in ops.TRANSPOSE:
             self._permute(node)
@@ -1041,16 +1056,7 @@ class _Tracer:
             self.patches.append(ShapePatch(node.name, arg, item, out))
 
     def _axis_moves(self, node: fx.Node) -> list[int]:
-        """Where a permute or transpose puts each axis of its input: old axis -> new position."""
-        rank = len(self._shape(node))
-        if node.target is ops.aten.permute.default:
-            dims = [int(d) % rank for d in _args(node)[1]]
-            return [dims.index(axis) for axis in range(rank)]
-        t = node.target is ops.aten.t.default
-        d0, d1 = (0, 1) if t else (int(_args(node)[1]) % rank, int(_args(node)[2]) % rank)
-        where = list(range(rank))
-        where[d0], where[d1] = d1, d0
-        return where
+        return axis_moves(node, len(self._shape(node)))
 
     def _permute(self, node: fx.Node) -> None:
         value = self.layouts.get(_args(node)[0])

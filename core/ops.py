@@ -111,6 +111,15 @@ SPATIAL = {
     aten.upsample_bicubic2d.vec,
     aten.upsample_linear1d.default,
     aten.upsample_linear1d.vec,
+    aten._upsample_nearest_exact2d.default,
+    aten._upsample_nearest_exact2d.vec,
+    # what aten.pad becomes in a decomposed graph (reflect / replicate modes pad the spatial axes only)
+    aten.reflection_pad1d.default,
+    aten.reflection_pad2d.default,
+    aten.reflection_pad3d.default,
+    aten.replication_pad1d.default,
+    aten.replication_pad2d.default,
+    aten.replication_pad3d.default,
 }
 # spatial ops that return (values, indices); the values are element 0
 SPATIAL_TUPLE = {

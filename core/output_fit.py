@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from core import ops
-from core.graph import Consumer, GraphAnalysis
+from core.graph import Consumer, GraphAnalysis, axis_moves
 from core.layout import kept_columns
 from core.reconstruct import Kept
 from core.selection import ridge_solve
@@ -187,15 +187,12 @@ def _through_moves(node: fx.Node, shapes: dict[str, tuple[int, ...]]) -> tuple[f
     first (a permute's inverse; the view's: a reshape back to the layer's output)."""
     at, undo = node, list[tuple[Any, ...]]()
     while (user := _sole_user(at)) is not None:
-        t, args, rank = user.target, tuple[Any, ...](user.args), len(shapes.get(user.name, ()))
+        t, args = user.target, tuple[Any, ...](user.args)
         if t in ops.RESHAPE and at is node:
             undo.append(("reshape",))
         elif t in ops.PERMUTE or t in ops.TRANSPOSE:
-            where = [int(d) % rank for d in args[1]] if t is ops.aten.permute.default else list(range(rank))
-            if t in ops.TRANSPOSE:
-                d0, d1 = (0, 1) if t is ops.aten.t.default else (int(args[1]) % rank, int(args[2]) % rank)
-                where[d0], where[d1] = d1, d0
-            undo.append(("permute", [where.index(d) for d in range(rank)]))
+            where = axis_moves(user, len(shapes.get(user.name, ())))
+            undo.append(("permute", [where.index(d) for d in range(len(where))]))
         elif not (t in ops.COPIES or (t is ops.aten.dropout.default and args[2] is False)):
             break
         at = user
@@ -426,9 +423,8 @@ def plan(
     inputs = c.layout.columns_for({s: len(j) for s, j in kept.items()})
     out = original.get_parameter(c.weight).shape[0]
     shape = analysis.shapes[c.node]
-    positions = (
-        samples * math.prod(shape) // (analysis.batch * out)
-    )  # output positions over the calibration set
+    # output positions over the calibration set (the probe's batch is not always axis 0: seq-first MHA)
+    positions = samples * math.prod(shape) // (analysis.batch * out)
     features = inputs * (layer.positions if layer else 1)
     if layer is None or features > MAX_FEATURES or positions < ROWS_PER_FEATURE * features:
         return None

@@ -12,6 +12,8 @@ from core import ops
 from core.cost import Widths
 from core.graph import GraphAnalysis
 
+aten = torch.ops.aten
+
 
 def out_of_place(program: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """``program`` with in-place ops (``x += y``, ``relu_``) made functional; itself when it has none.
@@ -27,12 +29,48 @@ def out_of_place(program: torch.export.ExportedProgram) -> torch.export.Exported
 
 def editable(program: torch.export.ExportedProgram) -> fx.GraphModule:
     """``program`` as a module the analysis reads and pruning edits: without dead code, each symbolic
-    size product its reader's own, and splits explicit."""
+    size product its reader's own, splits explicit and linear layers as such."""
     gm = program.module()
     without_dead_code(gm)
     own_size_products(gm)
     explicit_splits(gm)
+    linear_layers(gm)
     return gm
+
+
+def linear_layers(gm: fx.GraphModule) -> None:
+    """``addmm(b, x, W.t())`` and ``mm(x, W.t())``, as a core-ATen decomposition writes a linear layer,
+    become ``linear(x, W, b)`` (the same function), so that the analysis finds the layer."""
+    tensors = dict(gm.named_parameters()) | dict(gm.named_buffers())
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.target not in (aten.addmm.default, aten.mm.default) or node.kwargs:
+            continue
+        bias, x, wt = node.args if node.target is aten.addmm.default else (None, *node.args)
+        transposed = (
+            isinstance(wt, fx.Node)
+            and len(wt.users) == 1
+            and (
+                wt.target is aten.t.default
+                or (wt.target is aten.permute.default and list(wt.args[1]) == [1, 0])  # type: ignore[arg-type]
+            )
+        )
+        weight = wt.args[0] if transposed else None  # type: ignore[union-attr]
+        if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+            continue
+        if bias is not None and not (
+            isinstance(bias, fx.Node) and bias.op == "get_attr" and tensors[str(bias.target)].dim() == 1
+        ):
+            continue
+        with gm.graph.inserting_before(node):
+            linear = gm.graph.call_function(aten.linear.default, (x, weight) + ((bias,) if bias else ()))
+        linear.meta = dict(node.meta)
+        node.replace_all_uses_with(linear)
+        gm.graph.erase_node(node)
+        gm.graph.erase_node(wt)  # type: ignore[arg-type]
+        changed = True
+    if changed:
+        gm.recompile()
 
 
 def explicit_splits(gm: fx.GraphModule) -> None:

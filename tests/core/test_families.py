@@ -127,3 +127,18 @@ def test_unknown_ops_leave_their_channels_alone() -> None:
     assert "cumsum" in skipped["conv1"]
     assert {layer["name"] for layer in result.report["layers"]} == {"conv2", "conv3"}
     assert result.program.module()(x).shape == (64, 4)
+
+
+@pytest.mark.parametrize("family", ["vgg", "transformer"])
+def test_a_core_aten_decomposition_prunes_its_linear_layers(family: str) -> None:
+    """``run_decompositions()`` writes each linear layer as ``addmm(b, x, W.t())``; it is read back as one.
+    (The decomposed attention, ``expand`` + ``bmm``, keeps its heads.)"""
+    program, x = _setup(family)
+    plain = compress(program, x, CompressionConfig(flops_ratio=0.6), measure_latency=False).report
+    report = compress(
+        program.run_decompositions(), x, CompressionConfig(flops_ratio=0.6), measure_latency=False
+    ).report
+    names = {layer["name"] for layer in report["layers"]}
+    assert names == {layer["name"] for layer in plain["layers"] if "attn" not in layer["name"]}
+    assert any(name.startswith(("classifier", "encoder")) for name in names), names  # a linear layer
+    assert abs(report["compressed"]["flops"] / report["original"]["flops"] - 0.6) <= 0.006

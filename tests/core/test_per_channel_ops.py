@@ -74,3 +74,26 @@ def test_padding_other_axes_carries_channels_and_padding_theirs_stops_them() -> 
     groups = {g.name: g for g in analyse(program.module(), (x[:2],)).groups}
     assert groups["a"].skipped is None
     assert groups["b"].skipped == "padding along the channel axis"
+
+
+class _ExplicitPads(nn.Module):
+    """The ATen ops ``F.pad(mode='reflect' | 'replicate')`` lowers to (ONNX imports and older exports
+    hold them as such)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.ops.aten.reflection_pad2d(torch.relu(self.a(x)), [1, 1, 1, 1])
+        return self.c(torch.ops.aten.replication_pad2d(torch.relu(self.b(h)), [1, 1, 1, 1]))
+
+
+def test_reflection_and_replication_padding_carry_channels() -> None:
+    torch.manual_seed(0)
+    model, x = _ExplicitPads().eval(), torch.randn(32, 3, 10, 10)
+    program = models.export(model, x[:4])
+    result = compress(program, x, CompressionConfig(widths={"a": 8, "b": 8}), measure_latency=False)
+    assert {layer["name"] for layer in result.report["layers"]} == {"a", "b"}
+    assert result.program.state_dict["b.weight"].shape == (8, 8, 3, 3)
+    assert result.program.module()(x).shape == (32, 4, 10, 10)
