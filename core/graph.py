@@ -700,6 +700,9 @@ class _Tracer:
             elif t is ops.aten.index.Tensor and len(args[1]) == 1 and isinstance(args[1][0], fx.Node):
                 rank = len(self._shape(args[1][0]))  # index(table, [idx]): idx's axes, then the table's
                 source_axis = axis - rank + 1 if axis >= rank else None
+            elif t is ops.aten.embedding.default and isinstance(args[1], fx.Node):  # T5's position buckets
+                rank = len(self._shape(args[1]))  # embedding(table, idx): the same gather along axis 0
+                source_axis = axis - rank + 1 if axis >= rank else None
             else:
                 return False
             if source_axis is None:

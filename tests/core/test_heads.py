@@ -386,9 +386,9 @@ class _WindowAttention(torch.nn.Module):
     (``table[index].view(N, N, -1).permute(2, 0, 1)``), and with ``shift`` the shifted windows' mask
     added by viewing the scores per window; the block's tokens are rolled first."""
 
-    def __init__(self, shift: bool) -> None:
+    def __init__(self, shift: bool, lookup: str = "index") -> None:
         super().__init__()
-        self.shift, self.embed = shift, torch.nn.Linear(12, 32)
+        self.shift, self.lookup, self.embed = shift, lookup, torch.nn.Linear(12, 32)
         self.qkv, self.proj, self.head = (
             torch.nn.Linear(32, 96),
             torch.nn.Linear(32, 32),
@@ -406,7 +406,10 @@ class _WindowAttention(torch.nn.Module):
         grid = h.view(b, 4, 4, 32).roll((1, 1), (1, 2)) if self.shift else h.view(b, 4, 4, 32)
         win = grid.view(b, 2, 2, 2, 2, 32).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, 32)
         q, k, v = self.qkv(win).reshape(-1, 4, 3, 4, 8).permute(2, 0, 3, 1, 4)
-        bias = self.table[self.index.view(-1)].view(4, 4, -1).permute(2, 0, 1).contiguous()
+        if self.lookup == "index":
+            bias = self.table[self.index.view(-1)].view(4, 4, -1).permute(2, 0, 1).contiguous()
+        else:  # T5 looks its relative-position buckets up in an embedding
+            bias = torch.nn.functional.embedding(self.index, self.table).permute(2, 0, 1)
         attn = (q * 8**-0.5) @ k.transpose(-2, -1) + bias.unsqueeze(0)
         if self.shift:
             attn = (attn.view(b, 4, 4, 4, 4) + self.mask.unsqueeze(1).unsqueeze(0)).view(-1, 4, 4, 4)
@@ -414,10 +417,12 @@ class _WindowAttention(torch.nn.Module):
         return self.head(h + self.proj(out)).mean(1)
 
 
-@pytest.mark.parametrize("shift", [False, True])
-def test_swin_window_attention_slices_its_bias_table_with_the_heads(shift: bool, run_fresh) -> None:
+@pytest.mark.parametrize("shift,lookup", [(False, "index"), (True, "index"), (False, "embedding")])
+def test_swin_window_attention_slices_its_bias_table_with_the_heads(
+    shift: bool, lookup: str, run_fresh
+) -> None:
     torch.manual_seed(0)
-    model, x = _WindowAttention(shift).eval(), torch.randn(64, 16, 12)
+    model, x = _WindowAttention(shift, lookup).eval(), torch.randn(64, 16, 12)
     with torch.no_grad():
         for h in (1, 2):  # v's rows of heads 1 and 2
             model.qkv.weight[64 + 8 * h : 72 + 8 * h] = 0
