@@ -754,6 +754,8 @@ class _Tracer:
             features = li.axis == len(src) - 1  # tokens' features, as attention splits them into heads
             if features and gi == [li.axis - 1, li.axis] and len(gj) == 2 and dst[gj[0]] % src[gi[0]] == 0:
                 return self._fold(node, li, gj[0], dst[gj[0]] // src[gi[0]], dst[gj[1]])
+            if gi == [li.axis - 1, li.axis] and len(gj) == 1 and not li.blocked:
+                return self._fold_axis(node, li.moved(gj[0]))
             before = [d for d in gi if d < li.axis]
             if any(src[d] != 1 for d in before):
                 break
@@ -826,17 +828,22 @@ class _Tracer:
         batch axis carries them; else the next walk makes each head one channel."""
         seg = li.segments[0]
         if len(li.segments) == 1 and seg.space != FIXED and seg.block == dim and seg.length == heads:
-            out = Layout(axis, (Segment(seg.space, heads),))
-            patch = self._count_patch(node, axis, out, folded=True)
-            if not isinstance(patch, ShapePatch):
-                return self._stop(node, "a view folding heads into the batch with a size it cannot follow")
-            self.patches.append(patch)
-            self.layouts[node] = Folded(axis, out)
-            return None
+            return self._fold_axis(node, Layout(axis, (Segment(seg.space, heads),)))
         if all(s.block == 1 and s.length % dim == 0 and s.space != FIXED for s in li.segments):
             for s in li.segments:
                 self.new_units.update({p.node: dim for p in self._writers(s.space) if p.unit == 1})
         return self._stop(node, "a reshape splits the channel axis (other than into attention heads)")
+
+    def _fold_axis(self, node: fx.Node, heads: Layout) -> None:
+        """A reshape that folds the axis before ``heads.axis`` of its input and the heads into the axis
+        ``heads.axis`` of its output (``(B, H, N, D) -> (B * H, N, D)``, as an ONNX round trip of
+        ``nn.MultiheadAttention`` writes it; or ``(..., B, H * D) -> (..., B * H, D)``)."""
+        patch = self._count_patch(node, heads.axis, heads, folded=True)
+        if patch is None:
+            return self._stop(node, "a view folding heads into the batch with a size it cannot follow")
+        self.patches += [patch] if isinstance(patch, ShapePatch) else []
+        self.layouts[node] = Folded(heads.axis, heads)
+        return None
 
     def _count_patch(
         self, node: fx.Node, axis: int, heads: Layout, folded: bool

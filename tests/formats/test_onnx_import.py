@@ -172,6 +172,30 @@ def test_a_vit_exported_to_onnx_keeps_its_heads_prunable(tmp_path: Path) -> None
     assert result.program.module()(x[:5]).shape == (5, 5)
 
 
+def test_torch_multihead_attention_keeps_its_heads_prunable_after_onnx(tmp_path: Path) -> None:
+    """The ONNX round trip of ``nn.MultiheadAttention`` folds heads into the batch from their own axis
+    (``(B, H, N, D) -> (-1, N, D)``) with inferred sizes: a dead head is still dropped exactly."""
+    from core import CompressionConfig, compress
+    from core.formats.onnx_export import save_onnx
+    from tests.formats.conftest import TransformerBlock
+
+    torch.manual_seed(0)
+    model, x = TransformerBlock().eval(), torch.randn(64, 6, 16)
+    with torch.no_grad():  # v's rows of head 1 (of 2, 8 rows each)
+        model.attn.in_proj_weight[40:48] = 0
+        model.attn.in_proj_bias[40:48] = 0
+    program = torch.export.export(model, (x[:3],), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    save_onnx(program, tmp_path / "block.onnx")
+    loaded = load_model(tmp_path / "block.onnx").program
+    heads = "attn.in_proj[0:16]+2"
+    result = compress(loaded, x, CompressionConfig(widths={heads: 1}), measure_latency=False)
+    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == heads) == [0]
+    assert result.program.state_dict["attn.in_proj.weight"].shape == (24, 16)  # as the ONNX file names it
+    with torch.no_grad():
+        y = result.program.module()(x[:5])
+        assert float((y - model(x[:5])).norm() / model(x[:5]).norm()) < 1e-4
+
+
 def test_transformer_mlp_with_matmul_bias_and_erf_gelu(tmp_path: Path) -> None:
     nodes = [
         helper.make_node("LayerNormalization", ["x", "ln.weight", "ln.bias"], ["n"], axis=-1, epsilon=1e-5),
