@@ -242,7 +242,8 @@ def axis_moves(node: fx.Node, rank: int) -> list[int]:
 
 # what a stacked q/k/v may meet on its way to be taken apart (ONNX writes unbind as split + squeeze)
 STACKED_OPS = (
-    ops.PERMUTE
+    ops.SLICE
+    | ops.PERMUTE
     | ops.TRANSPOSE
     | ops.SELECT
     | ops.UNBIND
@@ -434,6 +435,10 @@ class _Tracer:
             self._permute(node)
         elif t in ops.REDUCE:
             self._reduce(node)
+        elif t in ops.EXPAND:
+            self._expand(node)
+        elif t in ops.WHERE:
+            self._batched(node, [x for x in _args(node)[:3] if isinstance(x, fx.Node)], product=False)
         elif t in ops.SOFTMAX:
             self._softmax(node)
         elif t in ops.SLICE:
@@ -613,6 +618,20 @@ class _Tracer:
         if li is not None and 0 <= at < len(pad) and (pad[at], pad[at + 1]) != (0, 0):
             return self._stop(node, "padding along the channel axis")
         self.layouts[node] = li
+        return None
+
+    def _expand(self, node: fx.Node) -> None:
+        """``expand`` along other axes (and new leading ones) keeps the channels; its size for them follows."""
+        li = self._layout(_args(node)[0])
+        if li is None:
+            self.layouts[node] = None
+            return None
+        src, dst = self._shape(_args(node)[0]), self._shape(node)
+        out = li.moved(li.axis + len(dst) - len(src))
+        if dst[out.axis] != src[li.axis]:
+            return self._stop(node, "an expand of the channel axis")
+        self._patch_literal(node, out)
+        self.layouts[node] = out
         return None
 
     def _roll(self, node: fx.Node) -> None:
@@ -967,10 +986,11 @@ class _Tracer:
                 self.new_units.update({p.node: dim for p in self._writers(s.space) if p.unit == 1})
         return self._stop(node, "a reshape splits the channel axis (other than into attention heads)")
 
-    def _batched(self, node: fx.Node, operands: list[Any]) -> None:
-        """An op batched over the leading axes of ``operands`` (matmul, attention): a layout on a batch
-        axis (attention heads) passes through, and operands laid out on the same axis keep the same
-        channels (coupled, as q, k and v keep the same heads)."""
+    def _batched(self, node: fx.Node, operands: list[Any], product: bool = True) -> None:
+        """An op batched over the leading axes of ``operands`` (``product``: matmul, attention), or one
+        position by position (``where``): a layout on a batch axis (attention heads) passes through, and
+        operands laid out on the same axis keep the same channels (coupled, as q, k and v keep the same
+        heads)."""
         rank = len(self._shape(node))
         aligned = []  # each operand with its layout on the output's axes (a folded one's heads)
         for x in operands:
@@ -985,7 +1005,7 @@ class _Tracer:
         if any(folded) and not all(folded):
             return self._stop(node, "heads folded into the batch axis meet heads on an axis of their own")
         first = tracked[0]
-        if first.axis >= rank - 2:
+        if product and first.axis >= rank - 2:
             return self._stop(node, "a matrix product over the channel axis")
         for x, li in aligned:
             own = first.axis - rank + len(self._shape(x))  # the operand's axis under the output's
@@ -1057,7 +1077,8 @@ class _Tracer:
         if node.target in ops.UNFLATTEN:  # unflatten(x, dim, sizes)
             item = axis - int(args[1]) % len(self._shape(args[0]))
             return 2, (item, args[2][item] if 0 <= item < len(args[2]) else None)
-        sizes = args[1] if node.target in ops.RESHAPE and isinstance(args[1], list | tuple) else ()
+        literal = node.target in ops.RESHAPE or node.target in ops.EXPAND
+        sizes = args[1] if literal and isinstance(args[1], list | tuple) else ()
         return 1, (axis, sizes[axis] if axis < len(sizes) else None)
 
     def _patch_literal(self, node: fx.Node, out: Layout) -> None:
@@ -1087,6 +1108,7 @@ class _Tracer:
             return None
         rank = len(self._shape(_args(node)[0]))
         dims = _args(node)[1] if len(_args(node)) > 1 else None
+        dims = [dims] if isinstance(dims, int) else dims  # any.dim takes one
         dims = list(range(rank)) if dims is None else [int(d) % rank for d in dims]
         keepdim = bool(_args(node)[2]) if len(_args(node)) > 2 else bool(node.kwargs.get("keepdim", False))
         if li.axis in dims:
@@ -1097,11 +1119,19 @@ class _Tracer:
 
     def _slice(self, node: fx.Node) -> None:
         """``x[..., a:b, ...]``: a crop of another axis keeps the channels; a range of the channel axis
-        keeps the spaces inside it (a bound inside a layer's space is cut, as for a split)."""
+        keeps the spaces inside it (a bound inside a layer's space is cut, as for a split); one index of
+        stacked parts (``qkv[i:i + 1]``, a decomposed unbind) keeps that part."""
         li = self._layout(_args(node)[0])
         args = _args(node)
         shape = self._shape(args[0])
         dim = int(args[1]) % len(shape) if len(args) > 1 else 0
+        stacked = self.layouts.get(args[0])
+        if isinstance(stacked, Stacked):
+            first, last, step = slice(*[*args[2:5], None, None, None][:3]).indices(shape[dim])
+            if dim != stacked.axis or step != 1 or last - first != 1:
+                return self._stop(node, "a slice across stacked heads")
+            self.layouts[node] = Stacked(dim, (stacked.parts[first],))
+            return None
         if li is None or dim != li.axis:
             self.layouts[node] = li
             return None

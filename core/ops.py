@@ -84,6 +84,10 @@ ELEMENTWISE = {
     aten.sub.Scalar,
     aten.mul.Scalar,
     aten.div.Scalar,
+    # a decomposed softmax's guard for rows that are all -inf: position-wise tests and a constant
+    aten.eq.Scalar,
+    aten.logical_not.default,
+    aten.full_like.default,
 }
 
 # copies of a tensor: every value stays where it is
@@ -142,7 +146,9 @@ BINARY = {
 }
 ADDITIVE = {aten.add.Tensor, aten.sub.Tensor}
 
-REDUCE = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default}
+REDUCE = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.any.dim}
+EXPAND = {aten.expand.default}
+WHERE = {aten.where.self}
 SOFTMAX = {aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
 CAT = {aten.cat.default}
 SLICE = {aten.slice.Tensor}

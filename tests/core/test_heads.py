@@ -68,6 +68,21 @@ def test_dead_heads_are_dropped_exactly(setup) -> None:
         assert _rel(result.program.module()(x), model(x)) < 1e-5
 
 
+def test_a_core_aten_decomposition_keeps_the_fused_heads_prunable(setup) -> None:
+    """``run_decompositions()`` writes timm's unbind as slices of the stacked q/k/v, the attention as
+    ``expand`` + ``bmm`` with heads folded into the batch, and its softmax with a guard (``where``)."""
+    model, (_, x) = _model(), setup
+    with torch.no_grad():
+        model.blocks[1].attn.qkv.weight[64 + 16 : 64 + 24] = 0  # v's rows of head 2
+        model.blocks[1].attn.qkv.bias[64 + 16 : 64 + 24] = 0
+    program = models.export(model, x[:4]).run_decompositions()
+    result = compress(program, x, CompressionConfig(widths={TIMM: 3}), measure_latency=False)
+    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == TIMM) == [0, 1, 3]
+    assert result.program.state_dict["blocks.1.attn.qkv.weight"].shape == (72, 32)
+    with torch.no_grad():
+        assert _rel(result.program.module()(x), model(x)) < 1e-5
+
+
 def test_the_output_projection_re_fit_beats_l1_and_random_heads(setup) -> None:
     program, x = setup
     model = _model()
