@@ -40,37 +40,56 @@ def editable(program: torch.export.ExportedProgram) -> fx.GraphModule:
 
 def linear_layers(gm: fx.GraphModule) -> None:
     """``addmm(b, x, W.t())`` and ``mm(x, W.t())``, as a core-ATen decomposition writes a linear layer,
-    become ``linear(x, W, b)`` (the same function), so that the analysis finds the layer."""
+    and ``bmm(x, W.t().expand(B, -1, -1))``, as it writes one on a non-contiguous input, become
+    ``linear(x, W, b)`` (the same function), so that the analysis finds the layer."""
     tensors = dict(gm.named_parameters()) | dict(gm.named_buffers())
     changed = False
     for node in list(gm.graph.nodes):
-        if node.target not in (aten.addmm.default, aten.mm.default) or node.kwargs:
+        if node.target not in (aten.addmm.default, aten.mm.default, aten.bmm.default) or node.kwargs:
             continue
         bias, x, wt = node.args if node.target is aten.addmm.default else (None, *node.args)
-        transposed = (
-            isinstance(wt, fx.Node)
-            and len(wt.users) == 1
-            and (
-                wt.target is aten.t.default
-                or (wt.target is aten.permute.default and list(wt.args[1]) == [1, 0])  # type: ignore[arg-type]
-            )
-        )
-        weight = wt.args[0] if transposed else None  # type: ignore[union-attr]
-        if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
-            continue
-        if bias is not None and not (
-            isinstance(bias, fx.Node) and bias.op == "get_attr" and tensors[str(bias.target)].dim() == 1
-        ):
+        chain = _transposed_parameter(wt, tensors, batched=node.target is aten.bmm.default)
+        vector = isinstance(bias, fx.Node) and bias.op == "get_attr" and tensors[str(bias.target)].dim() == 1
+        if chain is None or (bias is not None and not vector):
             continue
         with gm.graph.inserting_before(node):
-            linear = gm.graph.call_function(aten.linear.default, (x, weight) + ((bias,) if bias else ()))
+            linear = gm.graph.call_function(aten.linear.default, (x, chain[-1]) + ((bias,) if bias else ()))
         linear.meta = dict(node.meta)
         node.replace_all_uses_with(linear)
-        gm.graph.erase_node(node)
-        gm.graph.erase_node(wt)  # type: ignore[arg-type]
+        for op in [node, *chain[:-1]]:
+            gm.graph.erase_node(op)
         changed = True
     if changed:
         gm.recompile()
+
+
+def _transposed_parameter(node: Any, tensors: dict[str, torch.Tensor], batched: bool) -> list[fx.Node] | None:
+    """``W.t()`` (``permute(W, [1, 0])``) of a 2-D parameter, broadcast over a batch where ``batched``
+    (``expand``, ``view``) and read only there: the ops from ``node`` back to ``W``'s ``get_attr``,
+    last; else None."""
+    operand = getattr(node, "meta", {}).get("val")
+    chain = []
+    while isinstance(node, fx.Node) and len(node.users) == 1:
+        chain.append(node)
+        if batched and node.target in (aten.expand.default, aten.view.default):
+            node = node.args[0]
+            continue
+        transpose = node.target is aten.t.default or (
+            node.target is aten.permute.default and list(node.args[1]) == [1, 0]  # type: ignore[arg-type]
+        )
+        weight = node.args[0] if transpose else None
+        if not (isinstance(weight, fx.Node) and weight.op == "get_attr"):
+            return None
+        w = tensors.get(str(weight.target))
+        if (
+            w is None
+            or w.dim() != 2
+            or operand is None
+            or tuple(operand.shape[-2:]) != (w.shape[1], w.shape[0])
+        ):
+            return None
+        return [*chain, weight]
+    return None
 
 
 def explicit_splits(gm: fx.GraphModule) -> None:

@@ -68,17 +68,24 @@ def test_dead_heads_are_dropped_exactly(setup) -> None:
         assert _rel(result.program.module()(x), model(x)) < 1e-5
 
 
-def test_a_core_aten_decomposition_keeps_the_fused_heads_prunable(setup) -> None:
-    """``run_decompositions()`` writes timm's unbind as slices of the stacked q/k/v, the attention as
+def test_a_core_aten_decomposition_keeps_the_heads_prunable(setup) -> None:
+    """``run_decompositions()`` writes the projections as ``addmm`` (or, on the transposed attention
+    output, ``bmm`` with an expanded weight), timm's unbind as slices of the stacked q/k/v, attention as
     ``expand`` + ``bmm`` with heads folded into the batch, and its softmax with a guard (``where``)."""
     model, (_, x) = _model(), setup
     with torch.no_grad():
+        for h in (1, 3):
+            model.blocks[0].attn.v.weight[8 * h : 8 * h + 8] = 0
+            model.blocks[0].attn.v.bias[8 * h : 8 * h + 8] = 0
         model.blocks[1].attn.qkv.weight[64 + 16 : 64 + 24] = 0  # v's rows of head 2
         model.blocks[1].attn.qkv.bias[64 + 16 : 64 + 24] = 0
     program = models.export(model, x[:4]).run_decompositions()
-    result = compress(program, x, CompressionConfig(widths={TIMM: 3}), measure_latency=False)
-    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == TIMM) == [0, 1, 3]
-    assert result.program.state_dict["blocks.1.attn.qkv.weight"].shape == (72, 32)
+    result = compress(program, x, CompressionConfig(widths={HF: 2, TIMM: 3}), measure_latency=False)
+    kept = {layer["name"]: layer["kept"] for layer in result.report["layers"]}
+    assert kept[HF] == [0, 2] and kept[TIMM] == [0, 1, 3]
+    state = result.program.state_dict
+    assert state["blocks.0.attn.o.weight"].shape == (32, 16)
+    assert state["blocks.1.attn.qkv.weight"].shape == (72, 32)
     with torch.no_grad():
         assert _rel(result.program.module()(x), model(x)) < 1e-5
 
