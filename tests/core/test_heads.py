@@ -5,6 +5,7 @@ separate q/k/v projections (Hugging Face) and a fused one (timm)."""
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import pytest
 import torch
@@ -43,8 +44,12 @@ def test_q_k_and_v_keep_the_same_heads(setup) -> None:
     assert stream.skipped is not None  # the residual stream is LayerNorm'd: left whole
 
 
-def test_dead_heads_are_dropped_exactly(setup) -> None:
-    """Heads whose values are zero add nothing: pruning to the live ones is the same function."""
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_dead_heads_are_dropped_exactly(setup, decomposed: bool) -> None:
+    """Heads whose values are zero add nothing: pruning to the live ones is the same function. The same
+    after ``run_decompositions()``, which writes the projections as ``addmm`` (or, on the transposed
+    attention output, ``bmm`` with an expanded weight), timm's unbind as slices of the stacked q/k/v,
+    attention as ``expand`` + ``bmm`` with heads folded into the batch, its softmax with a ``where``."""
     model, (_, x) = _model(), setup
     with torch.no_grad():
         for h in (1, 3):
@@ -53,6 +58,7 @@ def test_dead_heads_are_dropped_exactly(setup) -> None:
         model.blocks[1].attn.qkv.weight[64 + 16 : 64 + 24] = 0  # v's rows of head 2
         model.blocks[1].attn.qkv.bias[64 + 16 : 64 + 24] = 0
     program = models.export(model, x[:4])
+    program = program.run_decompositions() if decomposed else program
     result = compress(program, x, CompressionConfig(widths={HF: 2, TIMM: 3}), measure_latency=False)
     kept = {layer["name"]: layer["kept"] for layer in result.report["layers"]}
     assert kept[HF] == [0, 2] and kept[TIMM] == [0, 1, 3]
@@ -64,28 +70,6 @@ def test_dead_heads_are_dropped_exactly(setup) -> None:
     assert state["blocks.1.attn.qkv.weight"].shape == (72, 32) and state[
         "blocks.1.attn.proj.weight"
     ].shape == (32, 24)
-    with torch.no_grad():
-        assert _rel(result.program.module()(x), model(x)) < 1e-5
-
-
-def test_a_core_aten_decomposition_keeps_the_heads_prunable(setup) -> None:
-    """``run_decompositions()`` writes the projections as ``addmm`` (or, on the transposed attention
-    output, ``bmm`` with an expanded weight), timm's unbind as slices of the stacked q/k/v, attention as
-    ``expand`` + ``bmm`` with heads folded into the batch, and its softmax with a guard (``where``)."""
-    model, (_, x) = _model(), setup
-    with torch.no_grad():
-        for h in (1, 3):
-            model.blocks[0].attn.v.weight[8 * h : 8 * h + 8] = 0
-            model.blocks[0].attn.v.bias[8 * h : 8 * h + 8] = 0
-        model.blocks[1].attn.qkv.weight[64 + 16 : 64 + 24] = 0  # v's rows of head 2
-        model.blocks[1].attn.qkv.bias[64 + 16 : 64 + 24] = 0
-    program = models.export(model, x[:4]).run_decompositions()
-    result = compress(program, x, CompressionConfig(widths={HF: 2, TIMM: 3}), measure_latency=False)
-    kept = {layer["name"]: layer["kept"] for layer in result.report["layers"]}
-    assert kept[HF] == [0, 2] and kept[TIMM] == [0, 1, 3]
-    state = result.program.state_dict
-    assert state["blocks.0.attn.o.weight"].shape == (32, 16)
-    assert state["blocks.1.attn.qkv.weight"].shape == (72, 32)
     with torch.no_grad():
         assert _rel(result.program.module()(x), model(x)) < 1e-5
 
@@ -235,19 +219,25 @@ class _SplitQKV(torch.nn.Module):
         return self.head((h + self.proj(out.transpose(1, 2).contiguous().view(b, n, c))).mean(1))
 
 
-def test_a_fused_projection_split_into_q_k_and_v_drops_dead_heads_exactly(run_fresh) -> None:
-    torch.manual_seed(0)
-    model, x = _SplitQKV().eval(), torch.randn(64, 6, 12)
+def _live_heads_kept(model: torch.nn.Module, x: torch.Tensor, dead: tuple[int, ...]) -> Any:
+    """``model``'s fused ``qkv`` (4 heads of 8) with v's rows of the ``dead`` heads zeroed, pruned to the
+    live heads (checked); the result."""
     with torch.no_grad():
-        for h in (0, 2):  # v's rows of heads 0 and 2
+        for h in dead:
             model.qkv.weight[64 + 8 * h : 72 + 8 * h] = 0
             model.qkv.bias[64 + 8 * h : 72 + 8 * h] = 0
     program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    result = compress(program, x, CompressionConfig(widths={"qkv[0:32]+2": 2}), measure_latency=False)
-    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == "qkv[0:32]+2") == [
-        1,
-        3,
-    ]
+    widths = {"qkv[0:32]+2": 4 - len(dead)}
+    result = compress(program, x, CompressionConfig(widths=widths), measure_latency=False)
+    kept = next(layer["kept"] for layer in result.report["layers"] if layer["name"] == "qkv[0:32]+2")
+    assert kept == [h for h in range(4) if h not in dead]
+    return result
+
+
+def test_a_fused_projection_split_into_q_k_and_v_drops_dead_heads_exactly(run_fresh) -> None:
+    torch.manual_seed(0)
+    model, x = _SplitQKV().eval(), torch.randn(64, 6, 12)
+    result = _live_heads_kept(model, x, dead=(0, 2))
     assert result.program.state_dict["qkv.weight"].shape == (48, 32)
     assert result.program.state_dict["proj.weight"].shape == (32, 16)
     y, _info = run_fresh(result.program, x)
@@ -445,16 +435,7 @@ def test_swin_window_attention_slices_its_bias_table_with_the_heads(
 ) -> None:
     torch.manual_seed(0)
     model, x = _WindowAttention(shift, lookup).eval(), torch.randn(64, 16, 12)
-    with torch.no_grad():
-        for h in (1, 2):  # v's rows of heads 1 and 2
-            model.qkv.weight[64 + 8 * h : 72 + 8 * h] = 0
-            model.qkv.bias[64 + 8 * h : 72 + 8 * h] = 0
-    program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    result = compress(program, x, CompressionConfig(widths={"qkv[0:32]+2": 2}), measure_latency=False)
-    assert next(layer["kept"] for layer in result.report["layers"] if layer["name"] == "qkv[0:32]+2") == [
-        0,
-        3,
-    ]
+    result = _live_heads_kept(model, x, dead=(1, 2))
     state = result.program.state_dict
     assert state["table"].shape == (9, 2) and state["proj.weight"].shape == (32, 16)
     assert torch.equal(state["table"], model.table[:, [0, 3]])
