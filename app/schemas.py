@@ -157,6 +157,7 @@ class LayerSummary(BaseModel):
     name: str
     width_before: int | None = None
     width_after: int | None = None
+    head_dim: int | None = None  # attention heads: the widths count heads of this many rows
     dof: float | None = None
     retained: float | None = None
 

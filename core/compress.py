@@ -333,6 +333,12 @@ def _refits(groups: list[ChannelGroup], stats: dict[str, _GroupStats], kept: Kep
     return out
 
 
+def _head_rows(analysis: GraphAnalysis, g: ChannelGroup) -> int | None:
+    """The rows of each of ``g``'s units where they are attention heads (the report's ``head_dim``)."""
+    unit = analysis.producers[g.spaces[0]].unit
+    return unit if unit > 1 else None
+
+
 def _layer_entry(
     g: ChannelGroup, st: _GroupStats | None, gram: torch.Tensor | None, kept: torch.Tensor | None, width: int
 ) -> dict[str, Any]:
@@ -447,6 +453,7 @@ def _prune(
     layers = [
         _layer_entry(g, stats[g.name], grams[g.name], kept.get(g.spaces[0]), chosen[g.name])
         | {"output_loss": float(output_loss[g.name][chosen[g.name]]) if output_loss else None}
+        | {"head_dim": _head_rows(analysis, g)}
         for g in prunable
     ]
     if config.method == "spectral" and config.refit in ("output", "sequential"):

@@ -62,6 +62,8 @@ def test_dead_heads_are_dropped_exactly(setup, decomposed: bool) -> None:
     result = compress(program, x, CompressionConfig(widths={HF: 2, TIMM: 3}), measure_latency=False)
     kept = {layer["name"]: layer["kept"] for layer in result.report["layers"]}
     assert kept[HF] == [0, 2] and kept[TIMM] == [0, 1, 3]
+    head_dims = {layer["name"]: layer["head_dim"] for layer in result.report["layers"]}
+    assert head_dims == {HF: 8, TIMM: 8, "blocks.0.mlp.0": None, "blocks.1.mlp.0": None}
     state = result.program.state_dict
     assert state["blocks.0.attn.q.weight"].shape == (16, 32) and state["blocks.0.attn.o.weight"].shape == (
         32,

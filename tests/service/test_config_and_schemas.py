@@ -145,7 +145,9 @@ def test_report_summary_keeps_the_contract_fields() -> None:
                 "dof": 5.2,
                 "retained": 0.99,
                 "eigenvalues": [1.0],
+                "head_dim": None,
             },
+            {"name": "attn.q+2", "width_before": 4, "width_after": 2, "head_dim": 8},
             "junk",
         ],
     }
@@ -160,5 +162,20 @@ def test_report_summary_keeps_the_contract_fields() -> None:
     }
     assert summary["compressed"]["params"] == 50 and summary["compressed"]["top1"] is None
     assert summary["layers"] == [
-        {"name": "conv1", "width_before": 8, "width_after": 4, "dof": 5.2, "retained": 0.99}
+        {
+            "name": "conv1",
+            "width_before": 8,
+            "width_after": 4,
+            "head_dim": None,
+            "dof": 5.2,
+            "retained": 0.99,
+        },
+        {
+            "name": "attn.q+2",
+            "width_before": 4,
+            "width_after": 2,
+            "head_dim": 8,
+            "dof": None,
+            "retained": None,
+        },
     ]

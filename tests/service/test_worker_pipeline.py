@@ -61,6 +61,7 @@ def test_a_job_runs_in_the_sandbox_and_stores_its_results(
         "name",
         "width_before",
         "width_after",
+        "head_dim",
         "dof",
         "retained",
     }
