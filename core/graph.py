@@ -437,6 +437,8 @@ class _Tracer:
             self._reduce(node)
         elif t in ops.EXPAND:
             self._expand(node)
+        elif t in ops.REPEAT_INTERLEAVE:
+            self._repeat_interleave(node)
         elif t in ops.WHERE:
             self._batched(node, [x for x in _args(node)[:3] if isinstance(x, fx.Node)], product=False)
         elif t in ops.SOFTMAX:
@@ -632,6 +634,22 @@ class _Tracer:
             return self._stop(node, "an expand of the channel axis")
         self._patch_literal(node, out)
         self.layouts[node] = out
+        return None
+
+    def _repeat_interleave(self, node: fx.Node) -> None:
+        """``x.repeat_interleave(g, dim)``: along the channel axis each channel spans ``g`` times its
+        columns (grouped-query attention repeats each k/v head for ``g`` q heads); along another, kept."""
+        args = _args(node)
+        li, repeats = self._layout(args[0]), args[1]
+        dim: Any = args[2] if len(args) > 2 else node.kwargs.get("dim")
+        if li is None or not isinstance(repeats, int) or dim is None:
+            return self._stop(node, "a repeat of the channels the analysis cannot follow") if li else None
+        if int(dim) % len(self._shape(node)) != li.axis:
+            self.layouts[node] = li
+            return None
+        self.layouts[node] = Layout(
+            li.axis, tuple(Segment(s.space, s.length, s.block * repeats) for s in li.segments)
+        )
         return None
 
     def _roll(self, node: fx.Node) -> None:
@@ -967,8 +985,10 @@ class _Tracer:
         dim, heads = sizes[-1], sizes[-2]
         stack = sizes[0] if len(sizes) == 3 else 1
         ready = all(s.block == dim and s.length == heads for s in li.segments)
-        if ready and len(li.segments) == stack == 1:
-            out = Layout(axes[-2], (Segment(li.segments[0].space, heads),))
+        seg = li.segments[0]
+        grouped = seg.block % dim == 0 and seg.length * (seg.block // dim) == heads  # GQA: g heads a unit
+        if len(li.segments) == stack == 1 and seg.space != FIXED and grouped:
+            out = Layout(axes[-2], (Segment(seg.space, seg.length, seg.block // dim),))
             self._patch_literal(node, out)
             self.layouts[node] = out
             return None
@@ -1017,6 +1037,7 @@ class _Tracer:
             if li is not None and (
                 li.axis != first.axis or [(s.length, s.block) for s in li.segments] != shape
             ):
+                self._group_heads(first, li)
                 return self._stop(node, "two differently laid-out channel sets meet")
         for li in tracked[1:]:
             for sa, sb in zip(first.segments, li.segments, strict=True):
@@ -1032,6 +1053,16 @@ class _Tracer:
             )  # 2 out inner
             self.compute.append(ComputeNode(node.name, node.name, flops, first.moved(0), None, "attention"))
         return None
+
+    def _group_heads(self, a: Layout, b: Layout) -> None:
+        """Where ``H`` heads meet ``K`` heads each repeated ``g = H / K`` times (grouped-query attention's
+        k and v), ask the next walk to make each run of ``g`` of the ``H`` heads one channel."""
+        if len(a.segments) != 1 or len(b.segments) != 1 or a.axis != b.axis:
+            return
+        for one, runs in ((a.segments[0], b.segments[0]), (b.segments[0], a.segments[0])):
+            if one.block == 1 and runs.block > 1 and one.length == runs.length * runs.block:
+                for p in self._writers(one.space):
+                    self.new_units[p.node] = p.unit * runs.block
 
     def _matmul(self, node: fx.Node) -> None:
         a, b = _args(node)[0], _args(node)[1]
@@ -1313,7 +1344,7 @@ def analyse(gm: fx.GraphModule, example: tuple[torch.Tensor, ...]) -> GraphAnaly
         tracer = _Tracer(gm, shapes, example[0].shape[0], cuts, units)
         tracer.run()
         found = {node: c for node, c in tracer.new_cuts.items() if c}
-        heads = {node: d for node, d in tracer.new_units.items() if node not in units}
+        heads = {node: d for node, d in tracer.new_units.items() if units.get(node) != d}
         if not found and not heads:
             break
         for node, c in found.items():

@@ -148,6 +148,7 @@ ADDITIVE = {aten.add.Tensor, aten.sub.Tensor}
 
 REDUCE = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.any.dim}
 EXPAND = {aten.expand.default}
+REPEAT_INTERLEAVE = {aten.repeat_interleave.self_int}
 WHERE = {aten.where.self}
 SOFTMAX = {aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
 CAT = {aten.cat.default}

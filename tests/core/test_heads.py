@@ -154,7 +154,7 @@ class _Variant(torch.nn.Module):
 
     def __init__(self, form: str) -> None:
         super().__init__()
-        self.form, d, kv = form, 32, 2 if form == "grouped" else 4
+        self.form, d, kv = form, 32, 2 if form.startswith("grouped") else 4
         self.embed, self.context = torch.nn.Linear(12, d), torch.nn.Linear(12, d)
         self.q, self.o = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
         self.k, self.v = torch.nn.Linear(d, 8 * kv), torch.nn.Linear(d, 8 * kv)
@@ -173,8 +173,10 @@ class _Variant(torch.nn.Module):
             q, k = q * self.cos + _rotate_half(q) * self.sin, k * self.cos + _rotate_half(k) * self.sin
         if self.form == "qk_norm":
             q, k = self.q_norm(q), self.k_norm(k)
-        if self.form == "grouped":
+        if self.form == "grouped":  # each k/v head serves two q heads
             k, v = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+        if self.form == "grouped_expand":  # the same, as Hugging Face's repeat_kv writes it
+            k, v = (t[:, :, None].expand(b, 2, 2, m, 8).reshape(b, 4, m, 8) for t in (k, v))
         if self.form == "padding":
             mask = torch.zeros(b, 1, 1, m)
             mask[..., -1] = -1e9
@@ -446,9 +448,21 @@ def test_swin_window_attention_slices_its_bias_table_with_the_heads(
         assert _rel(y, model(x[:5])) < 1e-3  # the ridge, on 16 poorly conditioned columns
 
 
-def test_grouped_key_value_heads_are_left_whole() -> None:
+@pytest.mark.parametrize("form", ["grouped", "grouped_expand"])
+def test_grouped_query_attention_prunes_whole_key_value_groups(form: str, run_fresh) -> None:
+    """With ``g`` q heads per k/v head, a channel is a k/v head with its ``g`` q heads: a dead value head
+    takes its q heads with it, exactly."""
     torch.manual_seed(0)
-    model, x = _Variant("grouped").eval(), torch.randn(64, 6, 12)
+    model, x = _Variant(form).eval(), torch.randn(64, 6, 12)
+    with torch.no_grad():
+        model.v.weight[8:16] = 0  # value head 1, read by q heads 2 and 3
+        model.v.bias[8:16] = 0
     program = torch.export.export(model, (x[:2],), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    groups = {g.name: g for g in analyse(program.module(), (x[:2],)).groups}
-    assert all(groups[name].skipped for name in ("q", "k", "v"))
+    result = compress(program, x, CompressionConfig(widths={"q+2": 1}), measure_latency=False)
+    layer = next(layer for layer in result.report["layers"] if layer["name"] == "q+2")
+    assert layer["kept"] == [0] and layer["width_before"] == 2 and layer["head_dim"] == 16
+    state = result.program.state_dict
+    assert [tuple(state[f"{p}.weight"].shape) for p in "qkvo"] == [(16, 32), (8, 32), (8, 32), (32, 16)]
+    y, _info = run_fresh(result.program, x[:5])
+    with torch.no_grad():
+        assert _rel(y, model(x[:5])) < 1e-5
