@@ -10,7 +10,11 @@ grouped convolution splits the space it reads and the one it opens into equal ru
 split along the channel axis hands each part the spaces between its bounds; where a bound falls inside a
 layer's space, the walk runs again with that layer opening one space per part. A view of a token's
 features as attention heads does the same with heads: the next walk opens spaces whose channels are
-heads of ``D`` rows (``Producer.unit``), which batched products couple (q, k and v keep the same heads).
+heads of ``D`` rows (``Producer.unit``), which batched products couple (q, k and v keep the same heads;
+under grouped-query attention a channel is a run of ``g`` q heads, ``g D`` rows, with its k/v head).
+A fused q/k/v is ``Stacked`` until it is taken apart; heads folded into the batch axis
+(``nn.MultiheadAttention``'s ``(N, B * H, D)``) are ``Folded`` until a view unfolds them. Literal sizes
+that count channels or heads are patched (``ShapePatch``); per-head constants are sliced with the heads.
 A space that reaches any op the tracer cannot prove safe is *poisoned*: left unpruned, with the reason.
 """
 
@@ -642,8 +646,11 @@ class _Tracer:
         args = _args(node)
         li, repeats = self._layout(args[0]), args[1]
         dim: Any = args[2] if len(args) > 2 else node.kwargs.get("dim")
-        if li is None or not isinstance(repeats, int) or dim is None:
-            return self._stop(node, "a repeat of the channels the analysis cannot follow") if li else None
+        if li is None:
+            self.layouts[node] = None
+            return None
+        if not isinstance(repeats, int) or dim is None:
+            return self._stop(node, "a repeat of the channels the analysis cannot follow")
         if int(dim) % len(self._shape(node)) != li.axis:
             self.layouts[node] = li
             return None
