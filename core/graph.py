@@ -1013,16 +1013,21 @@ class _Tracer:
                 self.new_units.update({p.node: dim for p in self._writers(s.space) if p.unit == 1})
         return self._stop(node, "a reshape splits the channel axis (other than into attention heads)")
 
-    def _batched(self, node: fx.Node, operands: list[Any], product: bool = True) -> None:
+    def _batched(
+        self, node: fx.Node, operands: list[Any], product: bool = True, repeats: Sequence[int] = ()
+    ) -> None:
         """An op batched over the leading axes of ``operands`` (``product``: matmul, attention), or one
         position by position (``where``): a layout on a batch axis (attention heads) passes through, and
         operands laid out on the same axis keep the same channels (coupled, as q, k and v keep the same
-        heads)."""
+        heads). ``repeats``: how many times the op repeats each operand's heads (``enable_gqa``)."""
         rank = len(self._shape(node))
         aligned = []  # each operand with its layout on the output's axes (a folded one's heads)
-        for x in operands:
+        for i, x in enumerate(operands):
             value = self.layouts.get(x)
             li = value.heads if isinstance(value, Folded) else self._layout(x)
+            g = repeats[i] if i < len(repeats) else 1
+            if li is not None and g > 1:
+                li = Layout(li.axis, tuple(Segment(s.space, s.length, s.block * g) for s in li.segments))
             aligned.append((x, None if li is None else li.moved(li.axis + rank - len(self._shape(x)))))
         tracked = [li for _x, li in aligned if li is not None]
         if not tracked:
@@ -1083,7 +1088,11 @@ class _Tracer:
         mask = args[3] if len(args) > 3 else node.kwargs.get("attn_mask")
         if self._layout(mask) is not None:
             return self._stop(node, "an attention mask computed from the channels")
-        self._batched(node, list(args[:3]))
+        repeats = [1, 1, 1]
+        if node.kwargs.get("enable_gqa") and isinstance(args[1], fx.Node) and len(self._shape(args[1])) > 2:
+            q_heads, kv_heads = self._shape(args[0])[-3], self._shape(args[1])[-3]  # (..., heads, N, D)
+            repeats = [1, q_heads // kv_heads, q_heads // kv_heads]  # each k/v head serves g q heads
+        self._batched(node, list(args[:3]), repeats=repeats)
         heads = self.layouts.get(node)
         heads = heads.heads if isinstance(heads, Folded) else heads
         if isinstance(mask, fx.Node) and isinstance(heads, Layout):

@@ -181,8 +181,11 @@ class _Variant(torch.nn.Module):
             mask = torch.zeros(b, 1, 1, m)
             mask[..., -1] = -1e9
             out = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + mask, dim=-1) @ v
-        else:
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.form == "causal")
+        else:  # with grouped_sdpa, the attention repeats each k/v head itself
+            gqa = self.form == "grouped_sdpa"
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=self.form == "causal", enable_gqa=gqa
+            )
         return self.head((h + self.o(out.transpose(1, 2).reshape(b, n, 32))).mean(1))
 
 
@@ -448,7 +451,7 @@ def test_swin_window_attention_slices_its_bias_table_with_the_heads(
         assert _rel(y, model(x[:5])) < 1e-3  # the ridge, on 16 poorly conditioned columns
 
 
-@pytest.mark.parametrize("form", ["grouped", "grouped_expand"])
+@pytest.mark.parametrize("form", ["grouped", "grouped_expand", "grouped_sdpa"])
 def test_grouped_query_attention_prunes_whole_key_value_groups(form: str, run_fresh) -> None:
     """With ``g`` q heads per k/v head, a channel is a k/v head with its ``g`` q heads: a dead value head
     takes its q heads with it, exactly."""
