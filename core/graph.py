@@ -654,9 +654,7 @@ class _Tracer:
         if int(dim) % len(self._shape(node)) != li.axis:
             self.layouts[node] = li
             return None
-        self.layouts[node] = Layout(
-            li.axis, tuple(Segment(s.space, s.length, s.block * repeats) for s in li.segments)
-        )
+        self.layouts[node] = li.repeated(repeats)
         return None
 
     def _roll(self, node: fx.Node) -> None:
@@ -813,7 +811,7 @@ class _Tracer:
                 break
             out_axis = kept[0] if kept else next(d for d in gj if dst[d] == li.columns)
             block = math.prod(src[d] for d in gi if d > li.axis)
-            out = Layout(out_axis, tuple(Segment(s.space, s.length, s.block * block) for s in li.segments))
+            out = li.moved(out_axis).repeated(block)
             if dst[out_axis] != out.columns:
                 break
             self._patch_literal(node, out)
@@ -976,8 +974,7 @@ class _Tracer:
             if gi == [folded.axis] and len(gj) == 2 and dst[gj[1]] == heads:
                 out = folded.heads.moved(gj[1])
         if out is None and folded.axis == len(src) - 2 and dst[-1] == heads * src[-1]:
-            segments = tuple(Segment(s.space, s.length, src[-1]) for s in folded.heads.segments)
-            out = Layout(len(dst) - 1, segments)
+            out = folded.heads.moved(len(dst) - 1).repeated(src[-1])
         if out is None:
             return self._stop(node, "a reshape of heads folded into the batch axis")
         self._patch_literal(node, out)
@@ -1026,8 +1023,7 @@ class _Tracer:
             value = self.layouts.get(x)
             li = value.heads if isinstance(value, Folded) else self._layout(x)
             g = repeats[i] if i < len(repeats) else 1
-            if li is not None and g > 1:
-                li = Layout(li.axis, tuple(Segment(s.space, s.length, s.block * g) for s in li.segments))
+            li = li.repeated(g) if li is not None else None
             aligned.append((x, None if li is None else li.moved(li.axis + rank - len(self._shape(x)))))
         tracked = [li for _x, li in aligned if li is not None]
         if not tracked:

@@ -52,6 +52,10 @@ class Layout:
     def moved(self, axis: int) -> Layout:
         return replace(self, axis=axis)
 
+    def repeated(self, times: int) -> Layout:
+        """Each channel spanning ``times`` as many columns (a merge with the axis after it, a repeat)."""
+        return replace(self, segments=tuple(replace(s, block=s.block * times) for s in self.segments))
+
     def offsets(self, widths: dict[int, int] | None = None) -> list[tuple[Segment, int]]:
         """Each segment with the column where it starts (spaces in ``widths`` already narrowed)."""
         out, start = [], 0
