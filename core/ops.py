@@ -46,7 +46,14 @@ ELEMENTWISE = {
     aten.hardsigmoid.default,
     aten.hardtanh.default,
     aten.hardtanh_.default,
+    aten.relu6.default,
+    aten.relu6_.default,
     aten.leaky_relu.default,
+    aten.rrelu.default,
+    aten.log_sigmoid.default,
+    aten.hardshrink.default,
+    aten.softshrink.default,
+    aten.logit.default,
     aten.elu.default,
     aten.celu.default,
     aten.threshold.default,
@@ -55,8 +62,22 @@ ELEMENTWISE = {
     aten.mish.default,
     aten.softplus.default,
     aten.erf.default,
+    aten.erfc.default,
     aten.exp.default,
+    aten.expm1.default,
     aten.log.default,
+    aten.log1p.default,
+    aten.log2.default,
+    aten.log10.default,
+    aten.sin.default,
+    aten.cos.default,
+    aten.floor.default,
+    aten.ceil.default,
+    aten.round.default,
+    aten.round.decimals,
+    aten.trunc.default,
+    aten.frac.default,
+    aten.nan_to_num.default,
     aten.abs.default,
     aten.neg.default,
     aten.sqrt.default,
@@ -84,10 +105,18 @@ ELEMENTWISE = {
     aten.sub.Scalar,
     aten.mul.Scalar,
     aten.div.Scalar,
-    # a decomposed softmax's guard for rows that are all -inf: position-wise tests and a constant
+    # position-wise tests against a scalar (a decomposed softmax's guard for rows that are all -inf,
+    # torch.where(x > 0, ...)) and constants shaped like their input
     aten.eq.Scalar,
+    aten.ne.Scalar,
+    aten.gt.Scalar,
+    aten.ge.Scalar,
+    aten.lt.Scalar,
+    aten.le.Scalar,
     aten.logical_not.default,
     aten.full_like.default,
+    aten.zeros_like.default,
+    aten.ones_like.default,
 }
 
 # copies of a tensor: every value stays where it is
@@ -149,7 +178,7 @@ ADDITIVE = {aten.add.Tensor, aten.sub.Tensor}
 REDUCE = {aten.mean.dim, aten.sum.dim_IntList, aten.amax.default, aten.amin.default, aten.any.dim}
 EXPAND = {aten.expand.default}
 REPEAT_INTERLEAVE = {aten.repeat_interleave.self_int}
-WHERE = {aten.where.self}
+WHERE = {aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.where.Scalar}
 SOFTMAX = {aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
 CAT = {aten.cat.default}
 SLICE = {aten.slice.Tensor}

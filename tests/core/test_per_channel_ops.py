@@ -3,7 +3,9 @@ sliced with them); ops that mix neighbouring channels stop them."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core import CompressionConfig, compress
@@ -97,3 +99,55 @@ def test_reflection_and_replication_padding_carry_channels() -> None:
     assert {layer["name"] for layer in result.report["layers"]} == {"a", "b"}
     assert result.program.state_dict["b.weight"].shape == (8, 8, 3, 3)
     assert result.program.module()(x).shape == (32, 4, 10, 10)
+
+
+class _Between(nn.Module):
+    """``conv2(fn(conv1(x)))``: ``fn`` acts on each value alone."""
+
+    def __init__(self, fn: object) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.fn = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1), fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.fn(self.conv1(x))).mean((2, 3))  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        F.relu6,  # an ONNX Clip(0, 6) imports as this
+        F.logsigmoid,
+        F.hardshrink,
+        F.softshrink,
+        lambda x: F.rrelu(x, training=False),
+        lambda x: torch.logit(torch.sigmoid(x), eps=1e-6),
+        torch.sin,
+        torch.cos,
+        torch.expm1,
+        lambda x: torch.log1p(x.abs()),
+        lambda x: torch.log2(x.abs() + 1),
+        torch.erfc,
+        torch.floor,
+        torch.ceil,
+        torch.round,
+        torch.trunc,
+        torch.frac,
+        torch.nan_to_num,
+        lambda x: torch.where(x > 0, x, 0.0),  # gt.Scalar, where.ScalarOther
+        lambda x: torch.where(x <= 0, 0.1, x),  # le.Scalar, where.ScalarSelf
+        lambda x: torch.maximum(x, torch.zeros_like(x)),
+        lambda x: x * torch.ones_like(x).ne(0),
+    ],
+)
+def test_value_wise_functions_carry_channels(fn: object) -> None:
+    torch.manual_seed(0)
+    model = _Between(fn).eval()
+    x = torch.randn(64, 3, 6, 6)
+    program = models.export(model, x[:4])
+    groups = {g.name: g for g in analyse(program.module(), (x[:2],)).groups}
+    assert groups["conv1"].skipped is None
+    result = compress(program, x, CompressionConfig(widths={"conv1": 10}), measure_latency=False)
+    state, kept = result.program.state_dict, result.report["layers"][0]["kept"]
+    assert torch.equal(state["conv1.weight"], model.conv1.weight.detach()[kept])
+    assert state["conv2.weight"].shape[1] == 10
+    assert result.program.module()(x).isfinite().all()
