@@ -118,13 +118,26 @@ class Rectifier:
 
 
 def _clamp_bounds(node: fx.Node) -> tuple[float, float] | None:
-    """``(lo, hi)`` of a ReLU or hardtanh (ReLU6) node: what it passes unchanged; None for anything else."""
-    if node.target in (ops.aten.relu.default, ops.aten.relu_.default):
+    """``(lo, hi)`` of a ReLU, ReLU6 (``hardtanh``, ``relu6``) or a clamp by constants: what it passes
+    unchanged; None for anything else."""
+    t, args = node.target, list(node.args[1:])
+    if t in (ops.aten.relu.default, ops.aten.relu_.default):
         return 0.0, math.inf
-    if node.target in (ops.aten.hardtanh.default, ops.aten.hardtanh_.default) and not node.kwargs:
-        low, high = (list(node.args[1:]) + [-1.0, 1.0][len(node.args) - 1 :])[:2]
-        if isinstance(low, int | float) and isinstance(high, int | float) and low < high:
-            return float(low), float(high)
+    if t in (ops.aten.relu6.default, ops.aten.relu6_.default):
+        return 0.0, 6.0
+    if node.kwargs:
+        return None
+    if t in (ops.aten.hardtanh.default, ops.aten.hardtanh_.default):
+        low, high = (args + [-1.0, 1.0][len(args) :])[:2]
+    elif t is ops.aten.clamp.default:
+        low, high = (args + [None, None][len(args) :])[:2]
+    elif t is ops.aten.clamp_min.default:
+        low, high = args[0], None
+    else:
+        return None
+    low, high = (-math.inf if low is None else low), (math.inf if high is None else high)
+    if isinstance(low, int | float) and isinstance(high, int | float) and low < high:
+        return float(low), float(high)
     return None
 
 

@@ -125,8 +125,27 @@ class _Rectified(nn.Module):
         return self.activation(self.bn(self.conv2(torch.relu(self.conv1(x)))))
 
 
-def test_a_relu6_is_planned_with_its_bounds() -> None:
-    net = _Rectified(nn.ReLU6()).eval()
+class _Lambda(nn.Module):
+    def __init__(self, fn: object) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(
+    ("activation", "bounds"),
+    [
+        (nn.ReLU6(), (0.0, 6.0)),  # hardtanh(x, 0, 6)
+        (_Lambda(F.relu6), (0.0, 6.0)),  # relu6(x), also what an ONNX Clip(0, 6) imports as
+        (_Lambda(lambda x: torch.clamp(x, -1.0, 2.0)), (-1.0, 2.0)),
+        (_Lambda(lambda x: x.clamp(min=0.5)), (0.5, float("inf"))),
+        (_Lambda(lambda x: x.clamp(max=3.0)), (float("-inf"), 3.0)),
+    ],
+)
+def test_a_clamp_is_planned_with_its_bounds(activation: nn.Module, bounds: tuple[float, float]) -> None:
+    net = _Rectified(activation).eval()
     x = torch.randn(4, 3, 8, 8)
     gm = models.export(net, x).module()
     analysis = analyse(gm, (x[:2],))
@@ -134,7 +153,7 @@ def test_a_relu6_is_planned_with_its_bounds() -> None:
     c = next(c for c in g.consumers if c.weight == "conv2.weight")
     fit = plan(gm, gm, analysis, c, {s: torch.arange(4) for s in g.spaces}, 1e-5, 64)
     assert fit is not None and fit.rectifier is not None
-    assert (fit.rectifier.low, fit.rectifier.high) == (0.0, 6.0)
+    assert (fit.rectifier.low, fit.rectifier.high) == bounds
 
 
 @pytest.mark.parametrize(
