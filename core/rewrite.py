@@ -39,19 +39,29 @@ def editable(program: torch.export.ExportedProgram) -> fx.GraphModule:
 
 
 def linear_layers(gm: fx.GraphModule) -> None:
-    """``addmm(b, x, W.t())`` and ``mm(x, W.t())``, as a core-ATen decomposition writes a linear layer,
-    and ``bmm(x, W.t().expand(B, -1, -1))``, as it writes one on a non-contiguous input, become
-    ``linear(x, W, b)`` (the same function), so that the analysis finds the layer."""
+    """Matrix products with a parameter that compute a linear layer become ``linear(x, W, b)`` (the same
+    function), so that the analysis finds the layer:
+
+    - ``addmm(b, x, W.t())`` and ``mm(x, W.t())``, as a core-ATen decomposition writes a linear layer, and
+      ``bmm(x, W.t().expand(B, -1, -1))``, as it writes one on a non-contiguous input; ``matmul(x, W.t())``;
+    - ``addmm(b, x, W)``, ``mm(x, W)`` and ``matmul(x, W)`` with ``W`` stored ``(in, out)`` (Hugging Face's
+      ``Conv1D`` in GPT-2, hand-written ``x @ W + b``): the parameter is replaced by its transpose, so
+      the module's copy of ``W`` is ``(out, in)`` from here on, as ``nn.Linear`` stores it.
+    """
     tensors = dict(gm.named_parameters()) | dict(gm.named_buffers())
     changed = False
     for node in list(gm.graph.nodes):
-        if node.target not in (aten.addmm.default, aten.mm.default, aten.bmm.default) or node.kwargs:
+        if node.target not in _PRODUCTS or node.kwargs:
             continue
-        bias, x, wt = node.args if node.target is aten.addmm.default else (None, *node.args)
-        chain = _transposed_parameter(wt, tensors, batched=node.target is aten.bmm.default)
+        bias, x, w = node.args if node.target is aten.addmm.default else (None, *node.args)
+        chain = _transposed_parameter(w, tensors, batched=node.target is aten.bmm.default)
+        if chain is None and node.target is not aten.bmm.default:
+            chain = _stored_in_out(w, gm, tensors)
         vector = isinstance(bias, fx.Node) and bias.op == "get_attr" and tensors[str(bias.target)].dim() == 1
         if chain is None or (bias is not None and not vector):
             continue
+        if chain[0] is chain[-1]:  # W stored (in, out): keep its transpose instead
+            _transpose_parameter(gm, str(chain[-1].target), tensors)
         with gm.graph.inserting_before(node):
             linear = gm.graph.call_function(aten.linear.default, (x, chain[-1]) + ((bias,) if bias else ()))
         linear.meta = dict(node.meta)
@@ -61,6 +71,9 @@ def linear_layers(gm: fx.GraphModule) -> None:
         changed = True
     if changed:
         gm.recompile()
+
+
+_PRODUCTS = (aten.addmm.default, aten.mm.default, aten.bmm.default, aten.matmul.default)
 
 
 def _transposed_parameter(node: Any, tensors: dict[str, torch.Tensor], batched: bool) -> list[fx.Node] | None:
@@ -90,6 +103,33 @@ def _transposed_parameter(node: Any, tensors: dict[str, torch.Tensor], batched: 
             return None
         return [*chain, weight]
     return None
+
+
+def _stored_in_out(node: Any, gm: fx.GraphModule, tensors: dict[str, torch.Tensor]) -> list[fx.Node] | None:
+    """``[node]`` where ``node`` reads a 2-D parameter that nothing else reads (no other node, no tied
+    parameter sharing its storage); else None."""
+    if not (isinstance(node, fx.Node) and node.op == "get_attr" and len(node.users) == 1):
+        return None
+    w = tensors.get(str(node.target))
+    if not isinstance(w, torch.nn.Parameter) or w.dim() != 2:
+        return None
+    readers = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == node.target]
+    tied = [
+        t
+        for t in tensors.values()
+        if t is not w and t.untyped_storage().data_ptr() == w.untyped_storage().data_ptr()
+    ]
+    return [node] if len(readers) == 1 and not tied else None
+
+
+def _transpose_parameter(gm: fx.GraphModule, name: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Replace parameter ``name`` of ``gm`` by its transpose (a new tensor: the program it came from keeps
+    its own)."""
+    owner, _, leaf = name.rpartition(".")
+    w = tensors[name]
+    transposed = torch.nn.Parameter(w.detach().t().contiguous(), requires_grad=w.requires_grad)
+    setattr(gm.get_submodule(owner), leaf, transposed)
+    tensors[name] = transposed
 
 
 def explicit_splits(gm: fx.GraphModule) -> None:

@@ -3,6 +3,7 @@ convolutions on channels no group owns, outputs returned in a dict."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -196,3 +197,55 @@ def test_a_slice_of_some_channels_prunes_the_part_it_keeps() -> None:
     assert {layer["name"] for layer in result.report["layers"]} == {"body.0[0:8]", "head.0"}
     kept = next(layer["width_after"] for layer in result.report["layers"] if layer["name"] == "body.0[0:8]")
     assert result.program.state_dict["body.0.weight"].shape[0] == kept + 8
+
+
+class _Conv1D(nn.Module):
+    """Hugging Face's ``Conv1D`` (GPT-2): a linear layer with its weight stored ``(in, out)``."""
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out) / n_in**0.5)
+        self.bias = nn.Parameter(torch.randn(n_out) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight)
+        return out.view(*x.shape[:-1], self.weight.shape[1])
+
+
+class _MatMul(_Conv1D):
+    """The same written ``x @ W + b``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class _TokenMLP(nn.Module):
+    def __init__(self, layer: type[nn.Module]) -> None:
+        super().__init__()
+        self.fc, self.proj, self.head = layer(16, 48), layer(48, 16), nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.proj(F.gelu(self.fc(x))).mean(1))
+
+
+@pytest.mark.parametrize("layer", [_Conv1D, _MatMul])
+def test_weights_stored_in_out_prune_like_linear_layers(layer: type[_Conv1D]) -> None:
+    torch.manual_seed(0)
+    model = _TokenMLP(layer).eval()
+    twin = _TokenMLP(nn.Linear).eval()  # the same function with nn.Linear's (out, in) weights
+    with torch.no_grad():
+        for name in ("fc", "proj"):
+            getattr(twin, name).weight.copy_(getattr(model, name).weight.T)
+            getattr(twin, name).bias.copy_(getattr(model, name).bias)
+        twin.head.load_state_dict(model.head.state_dict())
+    x = torch.randn(256, 6, 16)
+    program = models.export(model, x[:4])
+    config = CompressionConfig(widths={"fc": 20})
+    result = compress(program, x, config, measure_latency=False)
+    expected = compress(models.export(twin, x[:4]), x, config, measure_latency=False)
+    assert [(g["name"], g["kept"]) for g in result.report["layers"]] == [
+        (g["name"], g["kept"]) for g in expected.report["layers"]
+    ]
+    assert torch.allclose(result.program.module()(x), expected.program.module()(x), atol=1e-5)
+    assert result.program.state_dict["fc.weight"].shape == (20, 16)  # now stored (out, in)
+    assert program.state_dict["fc.weight"].shape == (16, 48)  # the given program is left as it was
