@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,14 +30,15 @@ EXTERNAL_DATA_HINT = (
 
 @dataclass
 class NodeSpec:
-    """One ONNX node: operator, input/output value names ('' for an absent optional input) and
-    decoded attributes."""
+    """One ONNX node: operator, input/output value names ('' for an absent optional input), decoded
+    attributes, and the path of the module the exporter says it came from ('' where it does not)."""
 
     op_type: str
     inputs: list[str]
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
     name: str = ""
+    scope: str = ""
 
 
 @dataclass
@@ -180,7 +182,25 @@ def _decode(node: Any) -> NodeSpec:
     for attr in node.attribute:
         value = helper.get_attribute_value(attr)
         attrs[attr.name] = value.decode() if isinstance(value, bytes) else value
-    return NodeSpec(node.op_type, list(node.input), list(node.output), attrs, node.name)
+    scope = module_path(node.name, {p.key: p.value for p in node.metadata_props})
+    return NodeSpec(node.op_type, list(node.input), list(node.output), attrs, node.name, scope)
+
+
+def module_path(node_name: str, metadata: dict[str, str]) -> str:
+    """The module a node was exported from: the dynamo exporter's last name scope
+    (``['', 'h.0', 'h.0.c_attn', 'addmm']`` -> ``h.0.c_attn``), or the TorchScript-based exporter's
+    scoped node name (``/features/features.1/body/body.0/Conv`` -> ``features.1.body.0``: each scope is a
+    module's attribute, with its parent's when that is a container index, so a scope extending the one
+    before it adds only its last part); '' when neither says."""
+    scopes = re.findall(r"'([^']*)'", metadata.get("pkg.torch.onnx.name_scopes", ""))
+    if len(scopes) >= 2 and scopes[-2]:
+        return scopes[-2]
+    scopes = [s for s in node_name.split("/")[1:-1] if s] if node_name.startswith("/") else []
+    parts = [
+        scope[len(before) + 1 :] if scope.startswith(before + ".") else scope
+        for before, scope in zip(["", *scopes], scopes, strict=False)
+    ]
+    return ".".join(parts)
 
 
 def _constant_value(spec: NodeSpec) -> np.ndarray:
@@ -248,7 +268,7 @@ def fuse_linear(graph: GraphSpec) -> None:
             if add is not None and bias is not None:
                 removed.add(id(add))
             attrs = {"weight": weight, "bias": bias, "weight_name": node.inputs[1], "bias_name": bias_name}
-            rewritten.append(NodeSpec("Linear", [node.inputs[0]], [out], attrs, node.name))
+            rewritten.append(NodeSpec("Linear", [node.inputs[0]], [out], attrs, node.name, node.scope))
         else:
             rewritten.append(node)
     graph.nodes = rewritten
@@ -273,7 +293,7 @@ def _gemm_as_linear(node: NodeSpec, constants: dict[str, np.ndarray]) -> list[No
         prefix.append(NodeSpec("Transpose", [a], [transposed], {"perm": [1, 0]}, f"{node.name}_transA"))
         a = transposed
     attrs = {"weight": weight, "bias": bias, "weight_name": b, "bias_name": c}
-    return [*prefix, NodeSpec("Linear", [a], [node.outputs[0]], attrs, node.name)]
+    return [*prefix, NodeSpec("Linear", [a], [node.outputs[0]], attrs, node.name, node.scope)]
 
 
 def _is_matrix(value: np.ndarray | None) -> bool:

@@ -53,14 +53,16 @@ def _weight(node: NodeSpec, ctx: OpContext, index: int, what: str) -> np.ndarray
     return value
 
 
-def layer_name(*candidates: str) -> str:
+def layer_name(node: NodeSpec, *candidates: str) -> str:
     """The module path for a layer: its weight's name without ``.weight`` (or bias without
-    ``.bias``; ``_weight``/``_bias`` as in ``attn.in_proj_bias``), else the first non-empty candidate."""
+    ``.bias``; ``_weight``/``_bias`` as in ``attn.in_proj_bias``), else the module the exporter names
+    (where it folded a BatchNorm into anonymous ``onnx::Conv_161`` weights, or made a transposed copy of
+    a weight), else the first non-empty candidate, else the node's name."""
     for name in candidates:
         for suffix in (".weight", ".bias", "_weight", "_bias"):
             if name.endswith(suffix) and len(name) > len(suffix):
                 return name[: -len(suffix)]
-    return next((c for c in candidates if c), "layer")
+    return node.scope or next((c for c in candidates if c), node.name or "layer")
 
 
 def _conv_weights(node: NodeSpec, ctx: OpContext) -> tuple[np.ndarray, np.ndarray | None, int]:
@@ -82,9 +84,7 @@ def _add_conv(
     conv.weight = _parameter(weight)
     if bias is not None:
         conv.bias = _parameter(bias)
-    return ctx.add_layer(
-        layer_name(node.inputs[1], node.inputs[2] if bias is not None else "", node.name), conv
-    )
+    return ctx.add_layer(layer_name(node, node.inputs[1], node.inputs[2] if bias is not None else ""), conv)
 
 
 def _conv(node: NodeSpec, ctx: OpContext) -> Runtime:
@@ -165,7 +165,7 @@ def _linear(node: NodeSpec, ctx: OpContext) -> Runtime:
     linear.weight = _parameter(weight)
     if bias is not None:
         linear.bias = _parameter(bias)
-    module = ctx.add_layer(layer_name(node.attrs["weight_name"], node.attrs["bias_name"], node.name), linear)
+    module = ctx.add_layer(layer_name(node, node.attrs["weight_name"], node.attrs["bias_name"]), linear)
     return lambda inputs: [module(to_tensor(inputs[0]))]
 
 
@@ -182,7 +182,7 @@ def _batch_norm(node: NodeSpec, ctx: OpContext) -> Runtime:
     norm.running_mean = torch.from_numpy(mean.astype(scale.dtype).copy())
     norm.running_var = torch.from_numpy(var.astype(scale.dtype).copy())
     norm.eval()
-    module = ctx.add_layer(layer_name(node.inputs[1], node.inputs[2], node.name), norm)
+    module = ctx.add_layer(layer_name(node, node.inputs[1], node.inputs[2]), norm)
     return lambda inputs: [module(to_tensor(inputs[0]))]
 
 
@@ -200,7 +200,7 @@ def _layer_norm(node: NodeSpec, ctx: OpContext) -> Runtime:
     if shift is not None:
         norm.bias = _parameter(shift)
     module = ctx.add_layer(
-        layer_name(node.inputs[1], node.inputs[2] if shift is not None else "", node.name), norm
+        layer_name(node, node.inputs[1], node.inputs[2] if shift is not None else ""), norm
     )
 
     def run(x_value: Value) -> Value:
@@ -230,7 +230,7 @@ def _instance_norm(node: NodeSpec, ctx: OpContext) -> Runtime:
     scale, shift = _weight(node, ctx, 1, "scale"), _weight(node, ctx, 2, "bias")
     assert scale is not None and shift is not None
     norm = InstanceNorm(scale, shift, float(node.attrs.get("epsilon", 1e-5)))
-    module = ctx.add_layer(layer_name(node.inputs[1], node.inputs[2], node.name), norm)
+    module = ctx.add_layer(layer_name(node, node.inputs[1], node.inputs[2]), norm)
     return lambda inputs: [module(to_tensor(inputs[0]))]
 
 
@@ -241,7 +241,7 @@ def _prelu(node: NodeSpec, ctx: OpContext) -> Runtime:
     assert slope is not None
     prelu = nn.PReLU(slope.size)
     prelu.weight = _parameter(slope.reshape(-1))
-    module = ctx.add_layer(layer_name(node.inputs[1], node.name), prelu)
+    module = ctx.add_layer(layer_name(node, node.inputs[1]), prelu)
     per_channel = slope.size == 1 or all(d == 1 for d in slope.shape[1:])
 
     def run(x_value: Value) -> Value:

@@ -130,6 +130,18 @@ def _where(node: NodeSpec, ctx: OpContext) -> Runtime:
     return _one(run)
 
 
+def _trilu(node: NodeSpec, ctx: OpContext) -> Runtime:
+    """``Trilu``: the upper (``upper=1``, the default) or lower triangle of the last two axes, from the
+    diagonal ``k`` (a causal attention mask)."""
+    upper = bool(node.attrs.get("upper", 1))
+
+    def run(x: Value, k: Value | None = None) -> Value:
+        diagonal = int(ints_list(k, "a Trilu diagonal")[0]) if k is not None else 0
+        return (torch.triu if upper else torch.tril)(to_tensor(x), diagonal)
+
+    return _one(run)
+
+
 def _not(node: NodeSpec, ctx: OpContext) -> Runtime:
     return _one(lambda x: torch.logical_not(to_tensor(x)))
 
@@ -519,6 +531,7 @@ BASIC_OPS: dict[str, Builder] = {
     **dict.fromkeys(_TENSOR_BINARY, _binary),
     "Where": _where,
     "Not": _not,
+    "Trilu": _trilu,
     "Sum": _variadic(torch.add),
     "Max": _variadic(torch.maximum),
     "Min": _variadic(torch.minimum),

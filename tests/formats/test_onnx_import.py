@@ -112,6 +112,61 @@ def test_cnn_in_legacy_exporter_style(tmp_path: Path) -> None:
     assert stored <= weights + 8, "weights copied into layers must not also be kept as buffers"
 
 
+def test_layers_are_named_after_the_modules_the_exporters_record(tmp_path: Path) -> None:
+    """The TorchScript-based exporter folds each BatchNorm into anonymous ``onnx::Conv_7`` weights but
+    scopes its node names (``/features/features.0/features.0.0/Conv``); the dynamo exporter records name
+    scopes in the node's metadata (a transposed weight copy is ``val_3``). The layers take those module
+    paths, and a ``Clip(0, 6)`` between two convolutions leaves the first one prunable."""
+    from core.graph import analyse
+
+    nodes = [
+        helper.make_node(
+            "Conv", ["x", "onnx::Conv_7", "onnx::Conv_8"], ["c1"], "/features/features.0/features.0.0/Conv"
+        ),
+        helper.make_node("Clip", ["c1", "zero", "six"], ["r1"], "/features/features.0/features.0.2/Clip"),
+        helper.make_node("Conv", ["r1", "onnx::Conv_10"], ["c2"], "/features/features.1/Conv"),
+        helper.make_node("GlobalAveragePool", ["c2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("MatMul", ["f", "val_3"], ["m"], "node_linear"),
+        helper.make_node("Add", ["m", "val_4"], ["y"], "node_linear_bias"),
+    ]
+    scopes = nodes[5].metadata_props.add()
+    scopes.key, scopes.value = "pkg.torch.onnx.name_scopes", "['', 'head', 'linear']"
+    initializers = [
+        _weight("onnx::Conv_7", 8, 3, 3, 3),
+        _weight("onnx::Conv_8", 8),
+        _scalar("zero", 0.0),
+        _scalar("six", 6.0),
+        _weight("onnx::Conv_10", 6, 8, 1, 1),
+        _weight("val_3", 6, 4),
+        _weight("val_4", 4),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=13)
+    assert {
+        "features.0.0.weight",
+        "features.0.0.bias",
+        "features.1.weight",
+        "head.weight",
+        "head.bias",
+    } <= set(loaded.program.graph_signature.parameters)
+    groups = {g.name: g for g in analyse(loaded.program.module(), (torch.randn(2, 3, 8, 8),)).groups}
+    assert groups["features.0.0"].skipped is None
+
+
+@pytest.mark.parametrize(("upper", "k"), [(0, None), (1, 1), (1, -2)])
+def test_trilu_keeps_a_triangle(tmp_path: Path, upper: int, k: int | None) -> None:
+    """A causal mask, as the dynamo exporter writes ``scaled_dot_product_attention(..., is_causal=True)``."""
+    inputs = ["x"] if k is None else ["x", "k"]
+    nodes = [helper.make_node("Trilu", inputs, ["t"], upper=upper), helper.make_node("Relu", ["t"], ["y"])]
+    initializers = [] if k is None else [numpy_helper.from_array(np.array(k, dtype=np.int64), "k")]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 5])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=14)
+    data = torch.randn(3, 5, 5)
+    expected = (torch.triu if upper else torch.tril)(data, k or 0).relu()
+    assert torch.equal(loaded.program.module()(data), expected)
+
+
 def test_a_split_conv_output_is_pruned_part_by_part(tmp_path: Path) -> None:
     """ONNX ``Split`` (a CSP block's chunk) becomes ``split_with_sizes``: each part of the conv it cuts is
     a group of its own, and the compressed program splits at the parts' new widths."""
