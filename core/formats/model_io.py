@@ -172,7 +172,13 @@ def verify_saved(program: ExportedProgram, path: str, format: str, args: Sequenc
     if format == "safetensors":
         _verify_safetensors(program, path)
         return
-    runner = _runner(path, format)
+    try:
+        runner = _runner(path, format)
+    except Exception as exc:  # the runtime refuses the file (onnxruntime has no CPU bfloat16 Conv)
+        raise ExportError(
+            f"the written {format} file does not load in its runtime ({first_line(exc)})."
+            + (" Ask for pt2, or export the model in float32 or float16." if _bfloat16(program, args) else "")
+        ) from exc
     batches = [tuple(args)]
     shapes = input_shapes(program)
     if args and args[0].dim() > 0 and shapes and shapes[0] and shapes[0][0] is None:
@@ -185,6 +191,10 @@ def verify_saved(program: ExportedProgram, path: str, format: str, args: Sequenc
         except Exception as exc:  # any runtime failure means the file is not usable
             raise ExportError(f"the written {format} file does not run ({first_line(exc)}).") from exc
         _compare(format, expected, actual, atol, rtol)
+
+
+def _bfloat16(program: ExportedProgram, args: Sequence[torch.Tensor]) -> bool:
+    return any(t.dtype == torch.bfloat16 for t in [*args, *program.state_dict.values()])
 
 
 def _runner(path: str, format: str) -> Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]:

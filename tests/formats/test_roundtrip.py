@@ -203,3 +203,18 @@ def test_example_input_that_does_not_fit_is_a_calibration_error(convnet, tmp_pat
     ):
         load_model(path, example_input=torch.randn(2, 3, 32, 32))
     assert load_model(path, example_input=torch.randn(7, 3, 16, 16)).dynamic_batch
+
+
+def test_a_file_its_runtime_refuses_is_an_export_error(tmp_path: Path) -> None:
+    """onnxruntime has no bfloat16 convolution on CPU: the ONNX file cannot be verified, so it is not
+    handed out; pt2 is."""
+    from core.formats import ExportError
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).to(torch.bfloat16).eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.bfloat16)
+    program = torch.export.export(model, (x,))
+    with pytest.raises(ExportError, match=r"does not load in its runtime.*Ask for pt2"):
+        save_model(program, tmp_path / "model.onnx", "onnx", inputs=[x])
+    assert not (tmp_path / "model.onnx").exists()
+    save_model(program, tmp_path / "model.pt2", "pt2", inputs=[x])
+    assert torch.equal(load_model(tmp_path / "model.pt2").program.module()(x), model(x))
