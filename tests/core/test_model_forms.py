@@ -249,3 +249,83 @@ def test_weights_stored_in_out_prune_like_linear_layers(layer: type[_Conv1D]) ->
     assert torch.allclose(result.program.module()(x), expected.program.module()(x), atol=1e-5)
     assert result.program.state_dict["fc.weight"].shape == (20, 16)  # now stored (out, in)
     assert program.state_dict["fc.weight"].shape == (16, 48)  # the given program is left as it was
+
+
+class _StandardisedConv(nn.Conv2d):
+    """Weight standardisation (BiT's ``StdConv2d``): the weight is normalised on every call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.reshape(1, self.out_channels, -1)
+        w = F.batch_norm(w, None, None, training=True, momentum=0.0, eps=1e-6).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def _weight_norm(layer: nn.Module) -> nn.Module:
+    return nn.utils.parametrizations.weight_norm(layer)
+
+
+def _spectral_norm(layer: nn.Module) -> nn.Module:
+    return nn.utils.parametrizations.spectral_norm(layer)
+
+
+def _hooked_weight_norm(layer: nn.Module) -> nn.Module:
+    return nn.utils.weight_norm(layer)  # the older, hook-based form: weight_g and weight_v
+
+
+class _Reparametrised(nn.Module):
+    def __init__(self, wrap: object) -> None:
+        super().__init__()
+        conv = _StandardisedConv if wrap is None else nn.Conv2d
+        wrapped = (lambda layer: layer) if wrap is None else wrap
+        self.conv1 = wrapped(conv(3, 16, 3, padding=1))  # type: ignore[operator]
+        self.conv2 = wrapped(conv(16, 16, 3, padding=1))  # type: ignore[operator]
+        self.fc = wrapped(nn.Linear(16, 16)) if wrap is not None else nn.Linear(16, 16)  # type: ignore[operator]
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return self.head(F.relu(self.fc(h.mean((2, 3)))))
+
+
+@pytest.mark.parametrize("wrap", [_weight_norm, _spectral_norm, _hooked_weight_norm, None])
+def test_weights_computed_from_parameters_are_folded(wrap: object) -> None:
+    """Weight norm, spectral norm and weight standardisation compute each weight from parameters on
+    every call; the layers prune as plain ones, the compressed model stores the plain weights."""
+    torch.manual_seed(0)
+    model = _Reparametrised(wrap)
+    model.train()(torch.randn(8, 3, 8, 8))  # a spectral norm's power iteration sets its u and v
+    model.eval()
+    x = torch.randn(128, 3, 8, 8)
+    program = models.export(model, x[:4])
+    same = compress(program, x, CompressionConfig(alpha=1.0), measure_latency=False)
+    assert {layer["name"] for layer in same.report["layers"]} == {"conv1", "conv2", "fc"}
+    with torch.no_grad():
+        assert torch.allclose(same.program.module()(x), model(x), atol=1e-5)
+    result = compress(program, x, CompressionConfig(widths={"conv1": 8, "conv2": 6}), measure_latency=False)
+    state = result.program.state_dict
+    assert state["conv1.weight"].shape == (8, 3, 3, 3) and state["conv2.weight"].shape == (6, 8, 3, 3)
+    assert not [name for name in state if "original" in name or name.endswith(("_g", "_v"))]
+
+
+class _SharedScale(nn.Module):
+    """A weight computed from a parameter another op also reads: left as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3, padding=1)
+        self.scale = nn.Parameter(torch.full((1,), 2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.conv2d(x, self.conv1.weight * self.scale, self.conv1.bias, padding=1)
+        return self.conv2(F.relu(h) * self.scale).mean((2, 3))
+
+
+def test_a_weight_computed_with_a_shared_parameter_is_left_alone() -> None:
+    x = torch.randn(64, 3, 8, 8)
+    model = _SharedScale().eval()
+    program = models.export(model, x[:4])
+    result = compress(program, x, CompressionConfig(alpha=1.0), measure_latency=False)
+    assert "conv1" not in {layer["name"] for layer in result.report["layers"]}
+    assert "scale" in result.program.state_dict
+    with torch.no_grad():
+        assert torch.allclose(result.program.module()(x), model(x), atol=1e-5)
