@@ -34,9 +34,75 @@ def editable(program: torch.export.ExportedProgram) -> fx.GraphModule:
     without_dead_code(gm)
     own_size_products(gm)
     explicit_splits(gm)
+    einsum_products(gm)
     linear_layers(gm)
     computed_weights_folded(gm)
     return gm
+
+
+def einsum_products(gm: fx.GraphModule) -> None:
+    """A two-operand ``einsum`` that is a matrix product (one summed index; the indices of both operands
+    leading, each operand's own ones next) becomes ``permute`` + ``matmul`` + ``permute``, the form the
+    analysis follows: ``bhqd,bhkd->bhqk`` is ``q @ k^T``, ``bhqk,bhkd->bhqd`` is ``a @ v``, and
+    ``bni,oi->bno`` with a weight is a linear layer."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.target is not aten.einsum.default or node.kwargs or len(node.args[1]) != 2:
+            continue
+        plan = _matmul_plan(str(node.args[0]))
+        if plan is None:
+            continue
+        a, b = node.args[1]
+        with gm.graph.inserting_before(node):
+            product = _call(gm, aten.matmul.default, _permuted(gm, a, plan[0]), _permuted(gm, b, plan[1]))
+            result = _permuted(gm, product, plan[2])
+        node.replace_all_uses_with(result)
+        gm.graph.erase_node(node)
+        changed = True
+    if changed:
+        gm.recompile()
+
+
+def _matmul_plan(equation: str) -> tuple[list[int], list[int], list[int]] | None:
+    """The permutations of ``a``, ``b`` and ``a' @ b'`` that compute ``einsum(equation, a, b)``, or None
+    where it is not one matrix product: ``a'`` is (shared, a's own, summed), ``b'`` (shared, summed, b's
+    own), and with nothing shared ``b`` may be a matrix that ``a``'s leading indices broadcast over."""
+    inputs, arrow, out = equation.replace(" ", "").partition("->")
+    terms = inputs.split(",")
+    if not arrow or len(terms) != 2 or "." in equation:
+        return None
+    left, right = terms
+    if any(len(set(t)) != len(t) for t in (left, right, out)):
+        return None
+    shared = [c for c in left if c in right and c in out]
+    summed = [c for c in left if c in right and c not in out]
+    own_a, own_b = [c for c in left if c not in right], [c for c in right if c not in left]
+    if len(summed) != 1 or len(own_b) != 1 or set(out) != set(shared + own_a + own_b):
+        return None
+    if len(own_a) != 1 and (shared or not own_a):
+        return None
+    order_a, order_b = shared + own_a + summed, shared + summed + own_b
+    produced = shared + own_a + own_b
+    return (
+        [left.index(c) for c in order_a],
+        [right.index(c) for c in order_b],
+        [produced.index(c) for c in out],
+    )
+
+
+def _permuted(gm: fx.GraphModule, node: Any, dims: list[int]) -> Any:
+    return node if dims == sorted(dims) else _call(gm, aten.permute.default, node, dims)
+
+
+def _call(gm: fx.GraphModule, target: Any, *args: Any) -> fx.Node:
+    """A new ``target(*args)`` node, its ``val`` computed from its inputs' (fake) values where they have them."""
+    node = gm.graph.call_function(target, args)
+    vals = [a.meta.get("val") if isinstance(a, fx.Node) else a for a in args]
+    modes = [v.fake_mode for v in vals if isinstance(v, torch._subclasses.FakeTensor)]
+    if modes and all(v is not None for v in vals):
+        with modes[0]:
+            node.meta["val"] = target(*vals)
+    return node
 
 
 def linear_layers(gm: fx.GraphModule) -> None:

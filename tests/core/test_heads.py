@@ -150,7 +150,8 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 class _Variant(torch.nn.Module):
     """One attention block in the forms decoder and encoder models use: a causal mask, an additive
-    padding mask, rotary position embeddings, LayerNorm'd q and k, cross-attention, grouped k/v heads."""
+    padding mask, rotary position embeddings, LayerNorm'd q and k, cross-attention, grouped k/v heads,
+    products written as ``einsum``."""
 
     def __init__(self, form: str) -> None:
         super().__init__()
@@ -181,6 +182,9 @@ class _Variant(torch.nn.Module):
             mask = torch.zeros(b, 1, 1, m)
             mask[..., -1] = -1e9
             out = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5 + mask, dim=-1) @ v
+        elif self.form == "einsum":
+            scores = torch.einsum("bhqd,bhkd->bhqk", q, k) / 8**0.5
+            out = torch.einsum("bhqk,bhkd->bhqd", scores.softmax(-1), v)
         else:  # with grouped_sdpa, the attention repeats each k/v head itself
             gqa = self.form == "grouped_sdpa"
             out = torch.nn.functional.scaled_dot_product_attention(
@@ -189,7 +193,7 @@ class _Variant(torch.nn.Module):
         return self.head((h + self.o(out.transpose(1, 2).reshape(b, n, 32))).mean(1))
 
 
-@pytest.mark.parametrize("form", ["causal", "padding", "rotary", "qk_norm", "cross"])
+@pytest.mark.parametrize("form", ["causal", "padding", "rotary", "qk_norm", "cross", "einsum"])
 def test_attention_forms_drop_dead_heads_exactly(form: str) -> None:
     torch.manual_seed(0)
     model, x = _Variant(form).eval(), torch.randn(64, 6, 12)

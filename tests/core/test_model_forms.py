@@ -219,6 +219,13 @@ class _MatMul(_Conv1D):
         return x @ self.weight + self.bias
 
 
+class _Einsum(_Conv1D):
+    """The same written ``einsum("bti,io->bot", ...)``, its output's axes moved."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bti,io->bot", x, self.weight).transpose(1, 2) + self.bias
+
+
 class _TokenMLP(nn.Module):
     def __init__(self, layer: type[nn.Module]) -> None:
         super().__init__()
@@ -228,7 +235,7 @@ class _TokenMLP(nn.Module):
         return self.head(self.proj(F.gelu(self.fc(x))).mean(1))
 
 
-@pytest.mark.parametrize("layer", [_Conv1D, _MatMul])
+@pytest.mark.parametrize("layer", [_Conv1D, _MatMul, _Einsum])
 def test_weights_stored_in_out_prune_like_linear_layers(layer: type[_Conv1D]) -> None:
     torch.manual_seed(0)
     model = _TokenMLP(layer).eval()
