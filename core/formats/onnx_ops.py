@@ -87,6 +87,7 @@ _TENSOR_BINARY: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
     "GreaterOrEqual": torch.ge,
     "And": torch.logical_and,
     "Or": torch.logical_or,
+    "Xor": torch.logical_xor,
 }
 
 
@@ -128,6 +129,40 @@ def _where(node: NodeSpec, ctx: OpContext) -> Runtime:
         return torch.where(to_tensor(cond).bool(), to_tensor(a), to_tensor(b))
 
     return _one(run)
+
+
+def _mod(node: NodeSpec, ctx: OpContext) -> Runtime:
+    """``Mod``: the sign of the divisor (Python's ``%``), or of the dividend with ``fmod=1`` (C's)."""
+    fn = torch.fmod if node.attrs.get("fmod", 0) else torch.remainder
+    return _one(lambda a, b: fn(to_tensor(a), to_tensor(b)))
+
+
+def _mean(node: NodeSpec, ctx: OpContext) -> Runtime:
+    def run(inputs: list[Value]) -> list[Value]:
+        tensors = [to_tensor(v) for v in inputs if v is not None]
+        total = tensors[0]
+        for tensor in tensors[1:]:
+            total = total + tensor
+        return [total / len(tensors)]
+
+    return run
+
+
+def _is_inf(node: NodeSpec, ctx: OpContext) -> Runtime:
+    negative, positive = (
+        bool(node.attrs.get("detect_negative", 1)),
+        bool(node.attrs.get("detect_positive", 1)),
+    )
+
+    def run(x: Value) -> Value:
+        tensor = to_tensor(x)
+        return (torch.isneginf(tensor) & negative) | (torch.isposinf(tensor) & positive)
+
+    return _one(run)
+
+
+def _cast_like(node: NodeSpec, ctx: OpContext) -> Runtime:
+    return _one(lambda x, like: to_tensor(x).to(to_tensor(like).dtype))
 
 
 def _trilu(node: NodeSpec, ctx: OpContext) -> Runtime:
@@ -462,6 +497,21 @@ def _expand(node: NodeSpec, ctx: OpContext) -> Runtime:
     return _one(run)
 
 
+def _tile(node: NodeSpec, ctx: OpContext) -> Runtime:
+    return _one(lambda x, repeats: torch.tile(to_tensor(x), tuple(ints_list(repeats, "Tile repeats"))))
+
+
+def _gather_elements(node: NodeSpec, ctx: OpContext) -> Runtime:
+    axis = int(node.attrs.get("axis", 0))
+
+    def run(data: Value, indices: Value) -> Value:
+        tensor, index = to_tensor(data), to_tensor(indices)
+        dim = axis % tensor.dim()
+        return torch.gather(tensor, dim, torch.where(index < 0, index + tensor.shape[dim], index))
+
+    return _one(run)
+
+
 def _constant_of_shape(node: NodeSpec, ctx: OpContext) -> Runtime:
     from onnx import numpy_helper
 
@@ -508,6 +558,78 @@ def _reduce(fn: Callable[..., torch.Tensor], axes_input_opset: int) -> Builder:
     return build
 
 
+def _sum_square(t: torch.Tensor, dim: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    return t.square().sum(dim, keepdim=keepdim)
+
+
+def _l2(t: torch.Tensor, dim: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    return t.square().sum(dim, keepdim=keepdim).sqrt()
+
+
+def _prod(t: torch.Tensor, dim: tuple[int, ...], keepdim: bool) -> torch.Tensor:
+    for d in sorted((d % t.dim() for d in dim), reverse=True):  # torch.prod takes one axis at a time
+        t = t.prod(d, keepdim=keepdim)
+    return t
+
+
+def _arg_extreme(largest: bool) -> Builder:
+    """``ArgMax``/``ArgMin`` along ``axis``; ``select_last_index`` picks the last of equal extremes."""
+
+    def build(node: NodeSpec, ctx: OpContext) -> Runtime:
+        axis, keep = int(node.attrs.get("axis", 0)), bool(node.attrs.get("keepdims", 1))
+        last = bool(node.attrs.get("select_last_index", 0))
+        fn = torch.argmax if largest else torch.argmin
+
+        def run(x: Value) -> Value:
+            tensor = to_tensor(x)
+            dim = axis % tensor.dim()
+            if not last:
+                return fn(tensor, dim, keepdim=keep)
+            return tensor.shape[dim] - 1 - fn(tensor.flip(dim), dim, keepdim=keep)
+
+        return _one(run)
+
+    return build
+
+
+def _cum_sum(node: NodeSpec, ctx: OpContext) -> Runtime:
+    """``CumSum`` along the axis input; ``exclusive`` leaves each value out of its own sum, ``reverse``
+    sums from the end."""
+    exclusive, reverse = bool(node.attrs.get("exclusive", 0)), bool(node.attrs.get("reverse", 0))
+
+    def run(x: Value, axis: Value) -> Value:
+        tensor = to_tensor(x)
+        dim = int(ints_list(axis, "a CumSum axis")[0]) % tensor.dim()
+        flipped = tensor.flip(dim) if reverse else tensor
+        total = flipped.cumsum(dim)
+        if exclusive:
+            total = total - flipped
+        return total.flip(dim) if reverse else total
+
+    return _one(run)
+
+
+def _top_k(node: NodeSpec, ctx: OpContext) -> Runtime:
+    axis = int(node.attrs.get("axis", -1))
+    largest, ordered = bool(node.attrs.get("largest", 1)), bool(node.attrs.get("sorted", 1))
+
+    def run(inputs: list[Value]) -> list[Value]:
+        k = int(ints_list(inputs[1], "a TopK count")[0])
+        values, indices = torch.topk(to_tensor(inputs[0]), k, dim=axis, largest=largest, sorted=ordered)
+        return [values, indices]
+
+    return run
+
+
+def _einsum(node: NodeSpec, ctx: OpContext) -> Runtime:
+    equation = str(node.attrs["equation"])
+
+    def run(inputs: list[Value]) -> list[Value]:
+        return [torch.einsum(equation, *(to_tensor(v) for v in inputs))]
+
+    return run
+
+
 def _matmul(node: NodeSpec, ctx: OpContext) -> Runtime:
     return _one(lambda a, b: torch.matmul(to_tensor(a), to_tensor(b)))
 
@@ -532,6 +654,14 @@ BASIC_OPS: dict[str, Builder] = {
     "Where": _where,
     "Not": _not,
     "Trilu": _trilu,
+    "Mod": _mod,
+    "Mean": _mean,
+    "IsNaN": _unary(torch.isnan),
+    "IsInf": _is_inf,
+    "CastLike": _cast_like,
+    "Sin": _unary(torch.sin),
+    "Cos": _unary(torch.cos),
+    "Round": _unary(torch.round),  # half to even, as ONNX
     "Sum": _variadic(torch.add),
     "Max": _variadic(torch.maximum),
     "Min": _variadic(torch.minimum),
@@ -584,6 +714,17 @@ BASIC_OPS: dict[str, Builder] = {
     "ReduceSum": _reduce(torch.sum, 13),
     "ReduceMax": _reduce(torch.amax, 18),
     "ReduceMin": _reduce(torch.amin, 18),
+    "ReduceProd": _reduce(_prod, 18),
+    "ReduceL2": _reduce(_l2, 18),
+    "ReduceSumSquare": _reduce(_sum_square, 18),
+    "ReduceLogSumExp": _reduce(torch.logsumexp, 18),
+    "ArgMax": _arg_extreme(largest=True),
+    "ArgMin": _arg_extreme(largest=False),
+    "CumSum": _cum_sum,
+    "TopK": _top_k,
+    "Einsum": _einsum,
+    "Tile": _tile,
+    "GatherElements": _gather_elements,
     "MatMul": _matmul,
     "Gemm": _gemm,
 }

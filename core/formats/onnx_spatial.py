@@ -237,6 +237,34 @@ def _pad(node: NodeSpec, ctx: OpContext) -> Runtime:
     return run
 
 
+def _depth_to_space(node: NodeSpec, ctx: OpContext) -> Runtime:
+    """``DepthToSpace``: ``CRD`` mode is ``pixel_shuffle``; ``DCR`` (the default) reads the block offset
+    from the leading channels."""
+    b, crd = int(node.attrs["blocksize"]), str(node.attrs.get("mode", "DCR")) == "CRD"
+
+    def run(x: Value) -> Value:
+        t = to_tensor(x)
+        if crd:
+            return F.pixel_shuffle(t, b)
+        n, c, h, w = t.shape
+        blocks = t.reshape(n, b, b, c // (b * b), h, w).permute(0, 3, 4, 1, 5, 2)
+        return blocks.reshape(n, c // (b * b), h * b, w * b)
+
+    return lambda inputs: [run(inputs[0])]
+
+
+def _space_to_depth(node: NodeSpec, ctx: OpContext) -> Runtime:
+    b = int(node.attrs["blocksize"])
+
+    def run(x: Value) -> Value:
+        t = to_tensor(x)
+        n, c, h, w = t.shape
+        blocks = t.reshape(n, c, h // b, b, w // b, b).permute(0, 3, 5, 1, 2, 4)
+        return blocks.reshape(n, c * b * b, h // b, w // b)
+
+    return lambda inputs: [run(inputs[0])]
+
+
 SPATIAL_OPS: dict[str, Builder] = {
     "MaxPool": _max_pool,
     "AveragePool": _avg_pool,
@@ -245,4 +273,6 @@ SPATIAL_OPS: dict[str, Builder] = {
     "Resize": _resize,
     "Upsample": _upsample,
     "Pad": _pad,
+    "DepthToSpace": _depth_to_space,
+    "SpaceToDepth": _space_to_depth,
 }

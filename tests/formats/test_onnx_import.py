@@ -167,6 +167,86 @@ def test_trilu_keeps_a_triangle(tmp_path: Path, upper: int, k: int | None) -> No
     assert torch.equal(loaded.program.module()(data), expected)
 
 
+def test_elementwise_operators_of_other_models(tmp_path: Path) -> None:
+    """Rotary embeddings' ``Sin``/``Cos``, ``Mod`` (both signs), ``Mean``, ``Round``, the tests
+    ``IsNaN``/``IsInf``/``Xor`` and ``CastLike``: each checked against onnxruntime by load_model."""
+    nodes = [
+        helper.make_node("Sin", ["x"], ["sin"]),
+        helper.make_node("Cos", ["x"], ["cos"]),
+        helper.make_node("Mean", ["sin", "cos", "x"], ["mean"]),
+        helper.make_node("Mul", ["mean", "four"], ["scaled"]),
+        helper.make_node("Round", ["scaled"], ["round"]),
+        helper.make_node("Cast", ["scaled"], ["whole"], to=TensorProto.INT64),
+        helper.make_node("Mod", ["whole", "three"], ["int_mod"]),  # the divisor's sign
+        helper.make_node("Cast", ["int_mod"], ["mod"], to=TensorProto.FLOAT),
+        helper.make_node("Mod", ["x", "step"], ["fmod"], fmod=1),  # the dividend's
+        helper.make_node("IsNaN", ["x"], ["nan"]),
+        helper.make_node("IsInf", ["x"], ["inf"], detect_negative=0),
+        helper.make_node("Greater", ["x", "zero"], ["positive"]),
+        helper.make_node("Xor", ["positive", "nan"], ["xor"]),
+        helper.make_node("Or", ["xor", "inf"], ["flag"]),
+        helper.make_node("CastLike", ["flag", "x"], ["flag_float"]),
+        helper.make_node("Sum", ["round", "mod", "fmod", "flag_float"], ["y"]),
+    ]
+    initializers = [
+        _scalar("four", 4.0),
+        numpy_helper.from_array(np.array(-3, dtype=np.int64), "three"),
+        _scalar("step", -0.7),
+        _scalar("zero", 0.0),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5])
+    _load(tmp_path, nodes, [x], initializers, opset=18)
+
+
+def test_reductions_and_selections_of_other_models(tmp_path: Path) -> None:
+    """``ReduceL2``/``ReduceProd``/``ReduceSumSquare``/``ReduceLogSumExp`` (axes as an input),
+    ``ArgMax``/``ArgMin`` (last index too), ``CumSum`` (exclusive, reversed) and ``TopK``."""
+    nodes = [
+        helper.make_node("ReduceL2", ["x", "axis2"], ["l2"]),
+        helper.make_node("ReduceProd", ["x", "axis2"], ["prod"]),
+        helper.make_node("ReduceSumSquare", ["x", "axis2"], ["sq"]),
+        helper.make_node("ReduceLogSumExp", ["x", "axis2"], ["lse"]),
+        helper.make_node("ArgMax", ["x"], ["amax"], axis=2, select_last_index=1),
+        helper.make_node("ArgMin", ["x"], ["amin"], axis=-1),
+        helper.make_node("Cast", ["amax"], ["amax_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["amin"], ["amin_f"], to=TensorProto.FLOAT),
+        helper.make_node("Sum", ["l2", "prod", "sq", "lse", "amax_f", "amin_f"], ["pooled"]),
+        helper.make_node("CumSum", ["x", "axis_scalar"], ["cum"], exclusive=1, reverse=1),
+        helper.make_node("TopK", ["cum", "k"], ["top", "top_index"], axis=-1),
+        helper.make_node("Add", ["top", "pooled"], ["y"]),
+    ]
+    initializers = [
+        _ints("axis2", [2]),
+        numpy_helper.from_array(np.array(2, dtype=np.int64), "axis_scalar"),
+        _ints("k", [1]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 5])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=18)
+    assert loaded.output_shape == (None, 3, 1)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_layout_operators_of_other_models(tmp_path: Path, mode: str) -> None:
+    """``Einsum``, ``Tile``, ``GatherElements``, ``DepthToSpace`` (super-resolution's pixel shuffle, in
+    both modes) and ``SpaceToDepth``."""
+    nodes = [
+        helper.make_node("Einsum", ["x", "mix"], ["mixed"], equation="nchw,cd->ndhw"),
+        helper.make_node("DepthToSpace", ["mixed"], ["up"], blocksize=2, mode=mode),
+        helper.make_node("SpaceToDepth", ["up"], ["down"], blocksize=2),
+        helper.make_node("Tile", ["down", "repeats"], ["tiled"]),
+        helper.make_node("GatherElements", ["tiled", "index"], ["y"], axis=1),
+    ]
+    index = RNG.integers(-8, 8, size=(2, 8, 4, 4)).astype(np.int64)
+    initializers = [
+        _weight("mix", 4, 8),
+        _ints("repeats", [1, 2, 1, 1]),
+        numpy_helper.from_array(index, "index"),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 4, 4])
+    loaded = _load(tmp_path, nodes, [x], initializers, opset=18)
+    assert loaded.output_shape == (2, 8, 4, 4)
+
+
 def test_a_split_conv_output_is_pruned_part_by_part(tmp_path: Path) -> None:
     """ONNX ``Split`` (a CSP block's chunk) becomes ``split_with_sizes``: each part of the conv it cuts is
     a group of its own, and the compressed program splits at the parts' new widths."""
