@@ -1,4 +1,5 @@
-"""Array datasets: ``.npz`` and ``.safetensors`` files holding ``x`` (N, ...) floats and optional ``y`` labels.
+"""Array datasets: ``.npz`` and ``.safetensors`` files holding ``x`` (N, ...) floats (or integer token ids) and
+optional ``y`` labels.
 
 Nothing is unpickled: npz members are parsed with ``allow_pickle=False`` semantics (object dtypes are
 refused from the header, before any data is read). ``x`` is memory-mapped where the bytes lie in the
@@ -77,7 +78,8 @@ class ArrayDataset(Dataset):
         if self._bfloat16:
             x = torch.from_numpy(x.view(np.int16)).view(torch.bfloat16).float().numpy()
         y = None if self._y is None else self._y[indices]
-        return np.ascontiguousarray(x, dtype=np.float32), y
+        integer = not self._bfloat16 and x.dtype.kind in "iu"  # token ids
+        return np.ascontiguousarray(x, dtype=np.int64 if integer else np.float32), y
 
     def close(self) -> None:
         self._x = np.empty((0, *self.input_shape), dtype=self._x.dtype)  # drops the memory map
@@ -95,10 +97,11 @@ def validate_arrays(
         )
     if x.shape[0] == 0:
         raise EmptyDatasetError("x holds no samples (its first dimension is 0)")
-    if not bfloat16 and x.dtype.kind != "f":
+    token_ids = x.dtype.kind == "i" or x.dtype in (np.uint16, np.uint32)  # uint8 is raw pixels
+    if not bfloat16 and x.dtype.kind != "f" and not token_ids:
         raise DatasetError(
-            f"x must be float32 and already preprocessed, got {x.dtype}; normalise it and save "
-            "x.astype(numpy.float32)"
+            f"x must be float32 and already preprocessed (or signed integer token ids), got {x.dtype}; "
+            "normalise it and save x.astype(numpy.float32)"
         )
     if y is not None:
         if y.dtype.kind not in "iu" or y.ndim != 1:
@@ -109,7 +112,8 @@ def validate_arrays(
             raise DatasetError(f"x has {x.shape[0]} samples but y has {len(y)} labels")
         if y.dtype.kind == "i" and int(y.min()) < 0:
             raise LabelsOutOfRangeError(f"labels must be >= 0, found {int(y.min())}")
-    _check_finite(x, limits.scan_chunk_bytes, bfloat16)
+    if bfloat16 or x.dtype.kind == "f":
+        _check_finite(x, limits.scan_chunk_bytes, bfloat16)
 
 
 def _check_finite(x: np.ndarray, chunk_bytes: int, bfloat16: bool) -> None:

@@ -54,7 +54,8 @@ class Dataset(ABC):
 
     @abstractmethod
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Samples at ``indices`` (in that order): x float32 (B, *input_shape), y int64 (B,) or None."""
+        """Samples at ``indices`` (in that order): x float32 (B, *input_shape), or int64 for integer arrays
+        (token ids); y int64 (B,) or None."""
 
     @property
     def has_labels(self) -> bool:

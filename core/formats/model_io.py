@@ -24,7 +24,14 @@ from core.formats.errors import CorruptModelError, ExportError, UnsupportedForma
 from core.formats.onnx_export import save_onnx
 from core.formats.onnx_graph import files_beside, inline_external_data
 from core.formats.onnx_import import load_onnx
-from core.formats.program import LoadedModel, example_inputs, input_shapes, run_program, with_batch
+from core.formats.program import (
+    LoadedModel,
+    example_inputs,
+    input_dtypes,
+    input_shapes,
+    run_program,
+    with_batch,
+)
 from core.formats.pt2 import load_pt2, save_pt2
 from core.formats.safetensors_out import program_tensors, save_safetensors
 from core.formats.torchscript import load_torchscript, save_torchscript
@@ -92,8 +99,8 @@ def _load_detected(
 
 
 def check_inputs_fit(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> None:
-    """Raise :class:`CalibrationError` unless ``inputs`` match the model's inputs in number, rank
-    and every fixed dimension."""
+    """Raise :class:`CalibrationError` unless ``inputs`` match the model's inputs in number, rank,
+    every fixed dimension and kind (integers for a float input are refused)."""
     if len(inputs) != len(loaded.input_shapes):
         raise CalibrationError(
             f"the model takes {len(loaded.input_shapes)} inputs, {len(inputs)} were given."
@@ -104,6 +111,12 @@ def check_inputs_fit(loaded: LoadedModel, inputs: Sequence[torch.Tensor]) -> Non
             expected = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
             raise CalibrationError(
                 f"model input {index} takes shape {expected}, the data has shape {tuple(tensor.shape)}."
+            )
+    for index, (dtype, tensor) in enumerate(zip(input_dtypes(loaded.program), inputs, strict=False)):
+        if dtype.is_floating_point and not tensor.is_floating_point():
+            raise CalibrationError(
+                f"model input {index} takes {dtype}, the data is {tensor.dtype}: integer data (token ids) "
+                "fits integer inputs only; save preprocessed float32 inputs for this model."
             )
 
 

@@ -79,6 +79,10 @@ def input_shapes(program: ExportedProgram) -> tuple[Shape, ...]:
     return tuple(_shape_of(node) for node in user_input_nodes(program) if _is_tensor_node(node))
 
 
+def input_dtypes(program: ExportedProgram) -> tuple[torch.dtype, ...]:
+    return tuple(node.meta["val"].dtype for node in user_input_nodes(program) if _is_tensor_node(node))
+
+
 def output_shapes(program: ExportedProgram) -> tuple[Shape, ...]:
     nodes = user_output_nodes(program)
     return tuple(_shape_of(n) for n in nodes if isinstance(n, torch.fx.Node) and _is_tensor_node(n))

@@ -188,3 +188,12 @@ def test_preprocess_is_refused_for_arrays(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", x=np.zeros((2, 3), np.float32))
     with pytest.raises(DatasetError, match="image archives"):
         open_dataset(tmp_path / "d.npz", preprocess=Preprocess(resize=4))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16])
+def test_token_ids_are_read_as_int64(tmp_path: Path, dtype: type) -> None:
+    ids = np.arange(24).reshape(4, 6).astype(dtype)
+    np.savez(tmp_path / "d.npz", x=ids)
+    with open_dataset(tmp_path / "d.npz") as ds:
+        x, y = ds.read(np.array([2, 0]))
+    assert x.dtype == np.int64 and np.array_equal(x, ids[[2, 0]]) and y is None

@@ -257,3 +257,45 @@ def test_crafted_pickles_never_run(formats_api: Api, tmp_path: Path) -> None:
     assert outcome == "failed" and job["error"]["code"] == "unsupported_format", job["error"]
     assert "pickle" in job["error"]["message"]
     assert not pt_marker.exists() and not pt2_marker.exists()
+
+
+def test_a_token_model_calibrates_on_integer_ids(formats_api: Api, tmp_path: Path) -> None:
+    """A language model takes token ids: an ``.npz`` whose ``x`` holds integers calibrates it as they
+    are (an image model given them fails with the reason); uint8 ``x`` (raw pixels) fails as such."""
+    import torch
+    from torch import nn
+
+    from tests.service.files import npz_bytes
+
+    class TokenClassifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.fc, self.head = nn.Embedding(50, 16), nn.Linear(16, 32), nn.Linear(32, 4)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.fc(self.embed(ids))).mean(1))
+
+    ids = torch.randint(0, 50, (2, 12))
+    program = torch.export.export(
+        TokenClassifier().eval(), (ids,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    torch.export.save(program, str(tmp_path / "tokens.pt2"))
+    rng = np.random.default_rng(0)
+    data = npz_bytes(rng.integers(0, 50, (128, 12)).astype(np.int64), rng.integers(0, 4, 128))
+    response = submit(formats_api, tmp_path / "tokens.pt2", dataset=data, config='{"flops_ratio": 0.6}')
+    assert response.status_code == 202, response.text
+    outcome, job = run_job(formats_api, response.json()["id"])
+    assert outcome == "succeeded", job["error"]
+    assert [layer["name"] for layer in job["result"]["layers"]] == ["fc"]
+    path = tmp_path / "out.pt2"
+    path.write_bytes(formats_api.client.get(f"/jobs/{job['id']}/model").content)
+    assert torch.export.load(str(path)).module()(torch.randint(0, 50, (3, 12))).shape == (3, 4)
+
+    image_model = save_pt2(cnn(), (2, 3, 8, 8), tmp_path / "cnn.pt2")
+    ints = npz_bytes(rng.integers(0, 50, (64, 3, 8, 8)).astype(np.int64))
+    outcome, job = run_job(formats_api, submit(formats_api, image_model, dataset=ints).json()["id"])
+    assert outcome == "failed" and "takes torch.float32, the data is torch.int64" in job["error"]["message"]
+    pixels = npz_bytes(rng.integers(0, 255, (64, 3, 8, 8)).astype(np.uint8))
+    outcome, job = run_job(formats_api, submit(formats_api, image_model, dataset=pixels).json()["id"])
+    assert outcome == "failed" and job["error"]["code"] == "invalid_dataset", job["error"]
+    assert "already preprocessed" in job["error"]["message"]
