@@ -21,7 +21,7 @@ import torch
 from torch import fx
 
 from core import calibration as cal
-from core import metrics, rewrite, sensitivity, spectrum, widths
+from core import canonical, metrics, rewrite, sensitivity, spectrum, widths
 from core.config import CompressionConfig
 from core.cost import CostModel, Widths
 from core.covariance import Moments, Observation, collect_moments
@@ -396,7 +396,7 @@ def _prune(
 ) -> _Pruned:
     """Analyse, gather statistics, allocate widths, select, re-fit and re-export once."""
     clock.stage("analyse")
-    gm = rewrite.editable(program)
+    gm = canonical.editable(program)
     probe = tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
     probe = probe if cal.batch_size(specs, 2) == 2 else data.batches(cal.batch_size(specs, 2))[0]
     try:
@@ -457,7 +457,7 @@ def _prune(
         for g in prunable
     ]
     if config.method == "spectral" and config.refit in ("output", "sequential"):
-        original = rewrite.editable(program).to(device)  # the same node names as gm
+        original = canonical.editable(program).to(device)  # the same node names as gm
         on_device = [tuple(x.to(device) for x in b) for b in batches]
         sequential_refit(
             gm.to(device),
@@ -646,7 +646,8 @@ def _widths_from_original(
 ) -> None:
     """After several stages, state each layer's width before the first stage, not the last."""
     analysis = analyse(
-        rewrite.editable(program), tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs)
+        canonical.editable(program),
+        tuple(x[:2] if x.shape[0] >= 2 else torch.cat([x, x]) for x in data.inputs),
     )
     sizes = {g.name: g.size for g in analysis.groups}
     for layer in report["layers"]:

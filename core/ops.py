@@ -182,7 +182,7 @@ WHERE = {aten.where.self, aten.where.ScalarOther, aten.where.ScalarSelf, aten.wh
 SOFTMAX = {aten._softmax.default, aten.softmax.int, aten._log_softmax.default, aten.log_softmax.int}
 CAT = {aten.cat.default}
 SLICE = {aten.slice.Tensor}
-# the analysis reads splits in the explicit form (``rewrite.explicit_splits``): one size per part
+# the analysis reads splits in the explicit form (``canonical.explicit_splits``): one size per part
 SPLIT = {aten.split_with_sizes.default}
 EQUAL_SPLITS = {aten.split.Tensor, aten.chunk.default}
 SELECT = {aten.select.int}

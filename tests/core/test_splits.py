@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from core import CompressionConfig, compress
+from core.canonical import explicit_splits
 from core.graph import analyse
-from core.rewrite import explicit_splits
 from tests.core import models
 
 
