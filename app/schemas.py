@@ -20,6 +20,7 @@ CORE_FIELDS = (
     "rectified_steps",
     "allocation",
     "probe_samples",
+    "probe_tflops",
     "residual",
     "calibration_samples",
     "device",
@@ -73,6 +74,7 @@ class JobConfig(BaseModel):
     rectified_steps: int = Field(default=2, ge=0, le=10)
     allocation: Literal["sensitivity", "spectrum"] = "sensitivity"
     probe_samples: int = Field(default=512, ge=1)
+    probe_tflops: float | None = Field(default=50.0, gt=0)
     residual: Literal["prune", "keep"] = "prune"
     calibration_samples: int = Field(default=1024, ge=1)
     output_format: OutputFormat = "same"
@@ -80,7 +82,7 @@ class JobConfig(BaseModel):
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
     recovery: RecoveryOptions = Field(default_factory=RecoveryOptions)
 
-    @field_validator("flops_ratio", "params_ratio", "alpha", "theta", "ridge")
+    @field_validator("flops_ratio", "params_ratio", "alpha", "theta", "ridge", "probe_tflops")
     @classmethod
     def _finite(cls, value: float | None) -> float | None:
         if value is not None and not math.isfinite(value):

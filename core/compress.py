@@ -294,13 +294,14 @@ def _output_loss(
     retained: dict[str, np.ndarray],
     stats: dict[str, _GroupStats],
     batches: list[cal.Batch],
+    samples: int,
     config: CompressionConfig,
     device: torch.device,
     clock: _Clock,
 ) -> dict[str, np.ndarray]:
-    """``D_g(k)`` per group, probed on the first calibration batches that hold ``probe_samples``."""
+    """``D_g(k)`` per group, probed on the first calibration batches that hold ``samples``."""
     probe: list[cal.Batch] = []
-    while len(probe) < len(batches) and sum(b[0].shape[0] for b in probe) < config.probe_samples:
+    while len(probe) < len(batches) and sum(b[0].shape[0] for b in probe) < samples:
         probe.append(tuple(x.to(device) for x in batches[len(probe)]))
     try:
         return sensitivity.output_curves(
@@ -315,6 +316,30 @@ def _output_loss(
         )
     finally:
         gm.cpu()
+
+
+MIN_PROBE_SAMPLES = 64
+
+
+def _probe_samples(config: CompressionConfig, device: torch.device, groups: int, flops: float) -> int:
+    """``probe_samples``, or on a CPU fewer (not under 64) where the probes' estimated cost, every probe
+    width of every group over the whole network, would pass ``probe_tflops``."""
+    if device.type != "cpu" or config.probe_tflops is None or groups == 0:
+        return config.probe_samples
+    per_sample = len(sensitivity.PROBE_FRACTIONS) * groups * max(flops, 1.0)
+    affordable = int(config.probe_tflops * 1e12 / per_sample)
+    return min(config.probe_samples, max(MIN_PROBE_SAMPLES, affordable))
+
+
+def _probes_bounded(config: CompressionConfig, samples: int, available: int, probed: bool) -> list[str]:
+    """The report's warning where the CPU bound made the probes read fewer samples than asked."""
+    if not probed or samples >= min(config.probe_samples, available):
+        return []
+    return [
+        f"the sensitivity probes read {samples} samples, not probe_samples={config.probe_samples}, to keep "
+        f"their cost on this CPU under probe_tflops={config.probe_tflops:g}; raise or lift it (None) for "
+        "less noisy estimates, or run on a GPU"
+    ]
 
 
 def _refits(groups: list[ChannelGroup], stats: dict[str, _GroupStats], kept: Kept, ridge: float) -> Refits:
@@ -436,14 +461,14 @@ def _prune(
         retained[g.name] = np.array([sel.retained(k) for k in range(g.size + 1)])
         orders[g.name] = sel.order
         clock.report(0.25 * (i + 1) / max(len(prunable), 1))
-    output_loss = None
+    output_loss, probe_samples = None, _probe_samples(config, device, len(prunable), cost.total_flops)
     if (
         config.method == "spectral"
         and config.allocation == "sensitivity"
         and config.width_rule.endswith("_ratio")
     ):
         output_loss = _output_loss(
-            gm, analysis, prunable, orders, retained, stats, batches, config, device, clock
+            gm, analysis, prunable, orders, retained, stats, batches, probe_samples, config, device, clock
         )
     chosen = _allocate(config, prunable, skipped, retained, cost, output_loss)
     kept = _select(config, gm, analysis, prunable, stats, chosen, clock)
@@ -486,8 +511,10 @@ def _prune(
         "skipped": [
             {"name": g.name, "width": g.size, "reason": g.skipped} for g in analysis.groups if g.skipped
         ],
-        "warnings": [] if prunable else ["nothing in this model can be pruned; it is returned unchanged"],
-        "calibration": {"samples": len(data), "batch_size": batch, "device": str(device)},
+        "warnings": ([] if prunable else ["nothing in this model can be pruned; it is returned unchanged"])
+        + _probes_bounded(config, probe_samples, len(data), output_loss is not None),
+        "calibration": {"samples": len(data), "batch_size": batch, "device": str(device)}
+        | ({"probe_samples": min(probe_samples, len(data))} if output_loss else {}),
         "theory": {
             "samples": len(data),
             "dof_lambda": DOF_LAMBDA,

@@ -52,6 +52,10 @@ class CompressionConfig:
     - ``probe_samples``: the sensitivity allocation probes each group's output error on the first
       calibration batches holding at least this many samples (512); the probes' cost grows with it, the
       noise of their estimates falls with it (BENCHMARKS.md, section 1).
+    - ``probe_tflops``: on a CPU, the probes read fewer samples (down to 64) where their estimated cost,
+      ``widths x groups x per-sample FLOPs x samples``, would pass this many TFLOP (50: about ten minutes
+      on two cores; an ImageNet ResNet-50 probes 64 samples, CIFAR-sized networks keep 512); None lifts
+      the bound. Never applied on CUDA.
     - ``residual``: ``prune`` residual streams as coupled groups, or ``keep`` them whole.
     - ``calibration_samples``: at most this many calibration samples are used (seeded draw).
     - ``device``: where statistics and selection run; ``auto`` takes CUDA when present.
@@ -70,6 +74,7 @@ class CompressionConfig:
     rectified_steps: int = 2
     allocation: Allocation = "sensitivity"
     probe_samples: int = 512
+    probe_tflops: float | None = 50.0
     residual: Residual = "prune"
     calibration_samples: int = 1024
     device: Device = "auto"
@@ -116,6 +121,9 @@ class CompressionConfig:
             or self.probe_samples < 1
         ):
             raise ConfigError(f"probe_samples must be an integer >= 1, got {self.probe_samples!r}")
+        tflops = self.probe_tflops
+        if tflops is not None and (isinstance(tflops, bool) or not (tflops > 0.0 and math.isfinite(tflops))):
+            raise ConfigError(f"probe_tflops must be a positive number or None, got {tflops!r}")
         if self.calibration_samples < 1:
             raise ConfigError(f"calibration_samples must be >= 1, got {self.calibration_samples}")
         object.__setattr__(self, "recovery", config_from(self.recovery))  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from core import CompressionConfig, compress
+from core.errors import ConfigError
 from core.graph import analyse
 from core.reconstruct import pruned_tensors
 from core.sensitivity import _probe, swapped
@@ -143,3 +144,36 @@ def test_probe_samples_sets_the_batches_the_probes_read() -> None:
     one_batch = output_loss(256)
     assert output_loss(200) == one_batch
     assert output_loss(512) != one_batch
+
+
+def test_the_probes_read_fewer_samples_where_their_cpu_cost_passes_the_bound() -> None:
+    """``probe_tflops`` bounds the probes' estimated cost on a CPU (every probe width of every group over
+    the whole network, per sample): a bound this model's 512 samples would pass makes them read fewer,
+    down to 64, says so in the report and a warning; ``None`` lifts the bound."""
+    x = torch.cat([_data(), _data() * 1.5])
+    program = models.export(_TwoBranches().eval(), x[:4])
+    flops = compress(program, x, CompressionConfig(alpha=1.0), measure_latency=False).report["original"][
+        "flops"
+    ]
+
+    def probed(tflops: float | None) -> dict:
+        config = CompressionConfig(flops_ratio=0.6, probe_samples=512, probe_tflops=tflops, device="cpu")
+        return compress(program, x, config, measure_latency=False).report
+
+    per_sample = 7 * 2 * flops  # seven probe widths, two groups
+    bounded = probed(200 * per_sample / 1e12)
+    assert bounded["calibration"]["probe_samples"] == 200  # one batch of 256 instead of two
+    assert any("probes read 200 samples" in w for w in bounded["warnings"]), bounded["warnings"]
+    assert probed(10 * per_sample / 1e12)["calibration"]["probe_samples"] == 64  # the floor
+    unbounded = probed(None)
+    assert unbounded["calibration"]["probe_samples"] == 512
+    assert not any("probes read" in w for w in unbounded["warnings"])
+    assert [layer["output_loss"] for layer in unbounded["layers"]] != [
+        layer["output_loss"] for layer in bounded["layers"]
+    ]
+
+
+@pytest.mark.parametrize("tflops", [0.0, -1.0, float("inf"), True])
+def test_probe_tflops_must_be_positive_or_none(tflops: object) -> None:
+    with pytest.raises(ConfigError, match="probe_tflops"):
+        CompressionConfig(probe_tflops=tflops)  # type: ignore[arg-type]

@@ -87,15 +87,21 @@ def test_job_config_defaults_and_core_conversion() -> None:
     assert core.width_rule == "widths" and core.seed == 3
     assert "output_format" not in JobConfig().core_dict()
     every_core_field = JobConfig(
-        refit="independent", rectified_steps=0, allocation="spectrum", probe_samples=64, residual="keep"
+        refit="independent",
+        rectified_steps=0,
+        allocation="spectrum",
+        probe_samples=64,
+        probe_tflops=None,
+        residual="keep",
     ).to_core()
     assert (
         every_core_field.refit,
         every_core_field.rectified_steps,
         every_core_field.allocation,
         every_core_field.probe_samples,
+        every_core_field.probe_tflops,
         every_core_field.residual,
-    ) == ("independent", 0, "spectrum", 64, "keep")
+    ) == ("independent", 0, "spectrum", 64, None, "keep")
     defaults = JobConfig().to_core()
     assert defaults == CompressionConfig(), "the API's defaults are core's"
 
@@ -116,6 +122,8 @@ def test_job_config_defaults_and_core_conversion() -> None:
         {"rectified_steps": -1},
         {"rectified_steps": 11},
         {"probe_samples": 0},
+        {"probe_tflops": 0},
+        {"probe_tflops": float("inf")},
         {"version": 1},
     ],
 )
