@@ -3,6 +3,7 @@
     python -m bench.speed --model vgg16_bn --size 32 --samples 1024            # CPU, CIFAR-sized VGG-16-BN
     python -m bench.speed --model vgg16_bn_imagenet --size 224 --samples 4096 --device cuda   # bench/gpu.sh
     python -m bench.speed --model resnet18_imagenet --size 224 --configs default   # a 224x224 ResNet on CPU
+    python -m bench.speed --model resnet50_imagenet --size 224 --configs default   # ResNet-50, bottlenecks
 
 Weights are random (with non-trivial BatchNorm statistics) and inputs synthetic: speed does not depend on
 them. Writes ``bench/results/speed-<device>-<model>.json``.
@@ -38,6 +39,23 @@ def vgg16_bn_imagenet() -> nn.Module:
     return nn.Sequential(*layers, nn.Flatten(), *head, nn.Dropout(), nn.Linear(4096, 1000))
 
 
+def _stem() -> list[nn.Module]:
+    """torchvision's ResNet stem: a 7x7 stride-2 convolution and a stride-2 max pool."""
+    return [
+        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1),
+    ]
+
+
+def _downsample(c_in: int, c_out: int, stride: int) -> nn.Module | None:
+    """The 1x1 projection shortcut where a block changes the shape, else None (the identity)."""
+    if stride == 1 and c_in == c_out:
+        return None
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
 class _InPlaceBlock(nn.Module):
     """torchvision's ResNet basic block, written as it is there: ``out += identity``, in-place ReLUs."""
 
@@ -46,11 +64,7 @@ class _InPlaceBlock(nn.Module):
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1, self.relu = nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
         self.conv2, self.bn2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
-            )
+        self.downsample = _downsample(c_in, c_out, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
@@ -61,20 +75,49 @@ class _InPlaceBlock(nn.Module):
 
 def resnet18_imagenet() -> nn.Module:
     """ResNet-18 at 224x224 (He et al. 2016) as torchvision writes it: 7x7 stem, four stages, 1000 classes."""
-    stem = [
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(inplace=True),
-        nn.MaxPool2d(3, 2, 1),
-    ]
     blocks, c_in = [], 64
     for c_out, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
         blocks += [_InPlaceBlock(c_in, c_out, stride), _InPlaceBlock(c_out, c_out, 1)]
         c_in = c_out
-    return nn.Sequential(*stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
+    return nn.Sequential(*_stem(), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1000))
 
 
-IMAGENET_MODELS = {"vgg16_bn_imagenet": vgg16_bn_imagenet, "resnet18_imagenet": resnet18_imagenet}
+class _Bottleneck(nn.Module):
+    """torchvision's ResNet-50 bottleneck (1x1, 3x3 with the stride, 1x1 to 4x), ``out += identity``."""
+
+    def __init__(self, c_in: int, width: int, stride: int) -> None:
+        super().__init__()
+        c_out = 4 * width
+        self.conv1, self.bn1 = nn.Conv2d(c_in, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, c_out, 1, bias=False), nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(c_in, c_out, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn3(self.conv3(self.relu(self.bn2(self.conv2(out)))))
+        out += identity
+        return self.relu(out)
+
+
+def resnet50_imagenet() -> nn.Module:
+    """ResNet-50 at 224x224 as torchvision writes it: 3, 4, 6, 3 bottlenecks, 25.6M parameters."""
+    blocks: list[nn.Module] = []
+    c_in = 64
+    for width, count, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(count):
+            blocks.append(_Bottleneck(c_in, width, stride if i == 0 else 1))
+            c_in = 4 * width
+    return nn.Sequential(*_stem(), *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, 1000))
+
+
+IMAGENET_MODELS = {
+    "vgg16_bn_imagenet": vgg16_bn_imagenet,
+    "resnet18_imagenet": resnet18_imagenet,
+    "resnet50_imagenet": resnet50_imagenet,
+}
 
 
 def build(name: str) -> nn.Module:
