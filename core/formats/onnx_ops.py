@@ -138,14 +138,8 @@ def _mod(node: NodeSpec, ctx: OpContext) -> Runtime:
 
 
 def _mean(node: NodeSpec, ctx: OpContext) -> Runtime:
-    def run(inputs: list[Value]) -> list[Value]:
-        tensors = [to_tensor(v) for v in inputs if v is not None]
-        total = tensors[0]
-        for tensor in tensors[1:]:
-            total = total + tensor
-        return [total / len(tensors)]
-
-    return run
+    total = _variadic(torch.add)(node, ctx)
+    return lambda inputs: [to_tensor(total(inputs)[0]) / sum(v is not None for v in inputs)]
 
 
 def _is_inf(node: NodeSpec, ctx: OpContext) -> Runtime:
